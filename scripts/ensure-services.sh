@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Makes sure MariaDB, Redis and Mosquitto answer on loopback before the tests
+# run, starting (or, as root on a bare machine, installing) whichever is down.
+# The start commands are the ones this kind of machine uses at boot.
+set -uo pipefail
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_port() {
+    local port=$1 name=$2
+    for _ in $(seq 1 100); do
+        port_open "$port" && return 0
+        sleep 0.1
+    done
+    echo "ensure-services: $name is not answering on 127.0.0.1:$port" >&2
+    return 1
+}
+
+apt_updated=0
+apt_install() {
+    [ "$(id -u)" = 0 ] || { echo "ensure-services: not root, cannot install $*" >&2; return 1; }
+    if [ $apt_updated = 0 ]; then apt-get update -qq; apt_updated=1; fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+if ! port_open 3306; then
+    [ -x /usr/sbin/mariadbd ] || apt_install mariadb-server
+    mkdir -p /run/mysqld && chown mysql:mysql /run/mysqld 2>/dev/null
+    start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd -- --user=root
+    wait_port 3306 MariaDB || exit 1
+    mariadb -uroot -e "CREATE DATABASE IF NOT EXISTS test" 2>/dev/null || true
+fi
+
+if ! port_open 6379; then
+    command -v redis-server >/dev/null || apt_install redis-server
+    mkdir -p /var/lib/redis /var/log/redis
+    redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" \
+        --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log
+    wait_port 6379 Redis || exit 1
+fi
+
+if ! port_open 1883; then
+    command -v mosquitto >/dev/null || apt_install mosquitto
+    mosquitto -d -c /etc/mosquitto/mosquitto.conf
+    wait_port 1883 Mosquitto || exit 1
+fi
+
+# promtool lints our /metrics output in a test; Debian's prometheus brings it.
+if ! command -v promtool >/dev/null && [ "$(id -u)" = 0 ]; then
+    apt_install prometheus || echo "ensure-services: promtool unavailable; its test will skip" >&2
+fi
+exit 0
