@@ -63,7 +63,7 @@ class Check(abc.ABC):
     async def close(self) -> None:
         """Release pools and files; called on shutdown and when a reload
         replaces or removes the check."""
-        return None
+        return
 
 
 async def run_once(check: Check, clock: Clock) -> CheckResult:

@@ -14,12 +14,16 @@ _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
 def build_checks(checks_table: Section) -> dict[str, Check]:
-    """Every configured check; problems are recorded on the section's
-    collector, and a check with problems is left out of the result."""
+    """Every configured and enabled check; problems are recorded on the
+    section's collector, and a check with problems is left out of the result.
+    A disabled check is still validated, so turning it on cannot surprise."""
     built: dict[str, Check] = {}
     for name, section in _children(checks_table):
+        enabled = section.bool("enabled", True)
         check = build_check(name, section)
-        if check is not None:
+        # A disabled check is validated but never built into the schedule;
+        # checks open nothing before their first probe, so nothing leaks.
+        if check is not None and enabled:
             built[name] = check
     return built
 
@@ -32,7 +36,8 @@ def build_check(name: str, section: Section) -> Check | None:
     errors_before = len(section.problems.errors)
     if not _NAME.match(name):
         section.problems.error(
-            section.path, "a check name may use letters, digits, '_', '-' and '.' (64 at most)"
+            section.path,
+            "a check name may use letters, digits, '_', '-' and '.' (64 at most)",
         )
     type_name = section.str("type")
     if type_name is None:
@@ -43,7 +48,9 @@ def build_check(name: str, section: Section) -> Check | None:
         section.error("type", str(exc))
         return None
     interval_s = section.duration("interval", cls.default_interval_s, min_s=0.1)
-    timeout_s = section.duration("timeout", min(cls.default_timeout_s, interval_s), min_s=0.01)
+    timeout_s = section.duration(
+        "timeout", min(cls.default_timeout_s, interval_s), min_s=0.01
+    )
     if timeout_s > interval_s:
         section.warn(
             "timeout",

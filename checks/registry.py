@@ -38,10 +38,14 @@ def load_check_class(type_name: str) -> type[Check]:
         module_name, _, attr = target.partition(":")
         cls = getattr(importlib.import_module(module_name), attr)
     else:
-        matches = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == type_name]
+        matches = [
+            ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == type_name
+        ]
         if not matches:
             choices = ", ".join(available_types())
-            raise UnknownCheckType(f'"{type_name}" is not a check type; use one of {choices}')
+            raise UnknownCheckType(
+                f'"{type_name}" is not a check type; use one of {choices}'
+            )
         try:
             cls = matches[0].load()
         except Exception as exc:

@@ -27,7 +27,9 @@ class Status(enum.IntEnum):
             return cls[text.upper()]
         except KeyError:
             expected = ", ".join(s.label for s in cls)
-            raise ValueError(f"{text!r} is not a status; use one of {expected}") from None
+            raise ValueError(
+                f"{text!r} is not a status; use one of {expected}"
+            ) from None
 
     def worst(self, other: Status) -> Status:
         """The more severe of two statuses; unknown ranks below critical."""

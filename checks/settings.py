@@ -8,6 +8,7 @@ can go on. The daemon's loader turns the key paths into file and line numbers.
 
 from __future__ import annotations
 
+import builtins
 import os
 import re
 from collections.abc import Iterator, Mapping
@@ -166,11 +167,11 @@ class Section:
 
     def __init__(
         self,
-        data: Mapping[str, Any],
-        path: str,
+        data: Mapping[builtins.str, Any],
+        path: builtins.str,
         problems: Problems,
         *,
-        env: Mapping[str, str] | None = None,
+        env: Mapping[builtins.str, builtins.str] | None = None,
         base_dir: Path | None = None,
     ) -> None:
         self.data = data
@@ -178,25 +179,31 @@ class Section:
         self.problems = problems
         self.env = os.environ if env is None else env
         self.base_dir = base_dir or Path.cwd()
-        self._seen: set[str] = set()
+        self._seen: set[builtins.str] = set()
 
-    def key(self, name: str) -> str:
+    def key(self, name: builtins.str) -> builtins.str:
         return f"{self.path}.{name}" if self.path else name
 
-    def error(self, name: str, message: str) -> None:
+    def error(self, name: builtins.str, message: builtins.str) -> None:
         self.problems.error(self.key(name), message)
 
-    def warn(self, name: str, message: str) -> None:
+    def warn(self, name: builtins.str, message: builtins.str) -> None:
         self.problems.warn(self.key(name), message)
 
-    def has(self, name: str) -> bool:
+    def has(self, name: builtins.str) -> builtins.bool:
         return name in self.data
 
-    def raw(self, name: str, default: Any = None) -> Any:
+    def raw(self, name: builtins.str, default: Any = None) -> Any:
         self._seen.add(name)
         return self.data.get(name, default)
 
-    def _get(self, name: str, default: Any, kind: type | tuple[type, ...], what: str) -> Any:
+    def _get(
+        self,
+        name: builtins.str,
+        default: Any,
+        kind: type | tuple[type, ...],
+        what: builtins.str,
+    ) -> Any:
         self._seen.add(name)
         if name not in self.data:
             if default is REQUIRED:
@@ -213,22 +220,28 @@ class Section:
             return None if default is REQUIRED else default
         return value
 
-    def str(self, name: str, default: Any = REQUIRED, *, nonempty: bool = True) -> Any:
+    def str(
+        self,
+        name: builtins.str,
+        default: Any = REQUIRED,
+        *,
+        nonempty: builtins.bool = True,
+    ) -> Any:
         value = self._get(name, default, str, "a string")
         if nonempty and isinstance(value, str) and name in self.data and not value:
             self.error(name, "must not be empty")
         return value
 
-    def bool(self, name: str, default: Any = REQUIRED) -> Any:
+    def bool(self, name: builtins.str, default: Any = REQUIRED) -> Any:
         return self._get(name, default, bool, "true or false")
 
     def int(
         self,
-        name: str,
+        name: builtins.str,
         default: Any = REQUIRED,
         *,
-        min: int | None = None,
-        max: int | None = None,
+        min: builtins.int | None = None,
+        max: builtins.int | None = None,
     ) -> Any:
         value = self._get(name, default, int, "a whole number")
         if isinstance(value, int) and name in self.data:
@@ -237,20 +250,24 @@ class Section:
 
     def float(
         self,
-        name: str,
+        name: builtins.str,
         default: Any = REQUIRED,
         *,
-        min: float | None = None,
-        max: float | None = None,
+        min: builtins.float | None = None,
+        max: builtins.float | None = None,
     ) -> Any:
         value = self._get(name, default, (int, float), "a number")
-        if isinstance(value, int | float) and name in self.data:
+        if isinstance(value, int | builtins.float) and name in self.data:
             self._check_range(name, value, min, max)
             return float(value)
         return value
 
     def _check_range(
-        self, name: str, value: float, low: float | None, high: float | None
+        self,
+        name: builtins.str,
+        value: builtins.float,
+        low: builtins.float | None,
+        high: builtins.float | None,
     ) -> None:
         if low is not None and value < low:
             self.error(name, f"{value} is below the minimum {low}")
@@ -259,11 +276,11 @@ class Section:
 
     def duration(
         self,
-        name: str,
+        name: builtins.str,
         default: Any = REQUIRED,
         *,
-        min_s: float | None = None,
-        max_s: float | None = None,
+        min_s: builtins.float | None = None,
+        max_s: builtins.float | None = None,
     ) -> Any:
         """Seconds, from a string such as ``"30s"``; `default` is in seconds."""
         self._seen.add(name)
@@ -274,7 +291,9 @@ class Section:
             return default
         value = self.data[name]
         if not isinstance(value, str):
-            self.error(name, f'{_show(value)} is not a duration; use a string, e.g. "30s"')
+            self.error(
+                name, f'{_show(value)} is not a duration; use a string, e.g. "30s"'
+            )
             return None if default is REQUIRED else default
         try:
             seconds = parse_duration(value)
@@ -282,19 +301,28 @@ class Section:
             self.error(name, str(exc))
             return None if default is REQUIRED else default
         if min_s is not None and seconds < min_s:
-            self.error(name, f'"{value}" is shorter than the minimum {format_duration(min_s)}')
+            self.error(
+                name, f'"{value}" is shorter than the minimum {format_duration(min_s)}'
+            )
         if max_s is not None and seconds > max_s:
-            self.error(name, f'"{value}" is longer than the maximum {format_duration(max_s)}')
+            self.error(
+                name, f'"{value}" is longer than the maximum {format_duration(max_s)}'
+            )
         return seconds
 
-    def choice(self, name: str, choices: tuple[str, ...], default: Any = REQUIRED) -> Any:
+    def choice(
+        self,
+        name: builtins.str,
+        choices: tuple[builtins.str, ...],
+        default: Any = REQUIRED,
+    ) -> Any:
         value = self._get(name, default, str, f"one of {', '.join(choices)}")
         if isinstance(value, str) and value not in choices:
             self.error(name, f"{_show(value)} is not one of {', '.join(choices)}")
             return None if default is REQUIRED else default
         return value
 
-    def str_list(self, name: str, default: Any = REQUIRED) -> Any:
+    def str_list(self, name: builtins.str, default: Any = REQUIRED) -> Any:
         value = self._get(name, default, list, "a list of strings")
         if isinstance(value, list):
             bad = [v for v in value if not isinstance(v, str)]
@@ -303,18 +331,22 @@ class Section:
                 return [v for v in value if isinstance(v, str)]
         return value
 
-    def float_list(self, name: str, default: Any = REQUIRED) -> Any:
+    def float_list(self, name: builtins.str, default: Any = REQUIRED) -> Any:
         value = self._get(name, default, list, "a list of numbers")
         if isinstance(value, list):
             good = [
-                float(v) for v in value if isinstance(v, int | float) and not isinstance(v, bool)
+                float(v)
+                for v in value
+                if isinstance(v, int | builtins.float) and not isinstance(v, bool)
             ]
             if len(good) != len(value):
                 self.error(name, "every item must be a number")
             return good
         return value
 
-    def secret(self, name: str, *, required: bool = False) -> Secret | None:
+    def secret(
+        self, name: builtins.str, *, required: builtins.bool = False
+    ) -> Secret | None:
         """A secret given inline, as ``"${ENV_VAR}"``, or as ``<name>_file``."""
         file_key = f"{name}_file"
         self._seen.update((name, file_key))
@@ -324,7 +356,9 @@ class Section:
             return None
         if inline is None and path is None:
             if required:
-                self.error(name, f"is required (inline, as ${{ENV_VAR}}, or as {file_key})")
+                self.error(
+                    name, f"is required (inline, as ${{ENV_VAR}}, or as {file_key})"
+                )
             return None
         if path is not None:
             if not isinstance(path, str) or not path:
@@ -350,7 +384,9 @@ class Section:
             return Secret(self.env[var], source=f"${{{var}}}")
         return Secret(inline, source=self.key(name))
 
-    def section(self, name: str, *, required: bool = False) -> Section:
+    def section(
+        self, name: builtins.str, *, required: builtins.bool = False
+    ) -> Section:
         """A sub-table; an absent one reads as empty."""
         value = self._get(name, REQUIRED if required else {}, dict, "a table")
         return Section(
@@ -361,15 +397,15 @@ class Section:
             base_dir=self.base_dir,
         )
 
-    def tables(self, name: str) -> dict[str, Section]:
+    def tables(self, name: builtins.str) -> dict[builtins.str, Section]:
         """A table of named tables, such as ``[checks.api]``, ``[checks.db]``."""
         outer = self.section(name)
-        result: dict[str, Section] = {}
+        result: dict[builtins.str, Section] = {}
         for child in outer.data:
             result[child] = outer.section(child)
         return result
 
-    def table_list(self, name: str) -> list[Section]:
+    def table_list(self, name: builtins.str) -> list[Section]:
         """An array of tables, such as ``[[escalation.policies.p1.steps]]``."""
         value = self._get(name, [], list, "a list of tables")
         result = []
@@ -387,9 +423,9 @@ class Section:
         """Report keys no getter asked for."""
         for name in self.data:
             if name not in self._seen:
-                self.error(name, "is not a known setting")
+                self.error(name, "unknown setting (check the spelling)")
 
-    def names(self) -> Iterator[str]:
+    def names(self) -> Iterator[builtins.str]:
         return iter(self.data)
 
 

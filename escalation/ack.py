@@ -40,7 +40,9 @@ class AckSigner:
             raise ValueError("an ack signing key needs at least 16 bytes")
         self._key = key
 
-    def issue(self, incident_id: int, step: int, contact: str, expires_at: float) -> str:
+    def issue(
+        self, incident_id: int, step: int, contact: str, expires_at: float
+    ) -> str:
         nonce = os.urandom(6)
         body = _HEADER.pack(
             _VERSION, incident_id, min(step, 255), int(expires_at), nonce

@@ -3,8 +3,9 @@ modules that use them."""
 
 from __future__ import annotations
 
-from checks.clock import FakeClock
 import pytest
+
+from checks.clock import FakeClock
 
 
 @pytest.fixture

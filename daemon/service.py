@@ -1,0 +1,278 @@
+"""The running daemon: checks feed the escalation engine, the engine feeds the
+outbox, and the API, metrics, signals and systemd see all of it.
+
+Every background task is owned here, named, and cancelled and awaited on
+stop; the whole stop is bounded by the configured shutdown timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import signal
+import sys
+from collections.abc import Coroutine, Mapping
+from pathlib import Path
+from typing import Any
+
+import structlog
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from checks.clock import Clock, SystemClock
+from checks.result import CheckResult
+from checks.settings import ConfigError
+from daemon.api import build_app
+from daemon.config import Config, admin_token, load_config
+from daemon.logs import configure_logging
+from daemon.metrics import DaemonMetrics
+from daemon.scheduler import Scheduler
+from daemon.sdnotify import SystemdNotifier
+from escalation.ack import AckSigner
+from escalation.engine import Engine
+from escalation.metrics import EscalationMetrics
+from escalation.notifiers.base import Notifier
+from escalation.notifiers.config import create_notifiers
+from escalation.outbox import OutboxWorker
+from escalation.sqlite_store import SqliteStore
+
+log = structlog.get_logger(__name__)
+
+VERSION = "0.1.0"
+
+
+class Service:
+    """Implements daemon.api.ApiBackend."""
+
+    def __init__(self, config_path: Path, config: Config, clock: Clock | None = None) -> None:
+        self.config_path = config_path
+        self.config = config
+        self.clock = clock or SystemClock()
+        self.node = config.settings.node
+        self.registry = CollectorRegistry()
+        self.metrics = DaemonMetrics(self.registry)
+        self.escalation_metrics = EscalationMetrics(self.registry)
+        self.admin_token = admin_token(config)
+        self.signer = AckSigner(self._ack_key())
+        self.store = SqliteStore(config.settings.sqlite_path)
+        self.systemd = SystemdNotifier()
+        self._results: asyncio.Queue[CheckResult] = asyncio.Queue()
+        self._reload_requested = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._notifiers: Mapping[str, Notifier] = {}
+        self._runner: web.AppRunner | None = None
+        self.scheduler = Scheduler(
+            self.clock,
+            self._results.put_nowait,
+            max_concurrent=config.settings.max_concurrent_checks,
+            jitter_fraction=config.settings.jitter_fraction,
+            metrics=self.metrics,
+        )
+        self.engine: Engine
+        self.outbox: OutboxWorker
+
+    # ApiBackend ----------------------------------------------------------------
+
+    def latest_results(self) -> Mapping[str, CheckResult]:
+        return self.scheduler.latest_results()
+
+    def check_names(self) -> list[str]:
+        return sorted(self.scheduler.checks)
+
+    def health(self) -> tuple[bool, str]:
+        for task in self._tasks:
+            if task.done():
+                return False, f"task {task.get_name()} has stopped"
+        return self.scheduler.health()
+
+    # Lifecycle -----------------------------------------------------------------
+
+    async def start(self) -> None:
+        settings = self.config.settings
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
+        await self.store.open()
+        self._notifiers = await create_notifiers(self.config.channels)
+        self.outbox = OutboxWorker(
+            self.store,
+            self._notifiers,
+            lambda: self.config.escalation.contacts,
+            self.clock,
+            settings=self.config.channels.outbox,
+            metrics=self.escalation_metrics,
+        )
+        self.engine = Engine(
+            self.store,
+            self.config.escalation,
+            self.clock,
+            signer=self.signer,
+            metrics=self.escalation_metrics,
+            on_pages_queued=self.outbox.wake,
+        )
+        await self.engine.start()
+
+        self._runner = web.AppRunner(build_app(self), shutdown_timeout=1.0, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, settings.api_host, settings.api_port)
+        await site.start()
+
+        self.scheduler.start(self.config.checks)
+        self._spawn(self.engine.run(), "engine")
+        self._spawn(self.outbox.run(), "outbox")
+        self._spawn(self._feed_engine(), "results")
+        self._spawn(self._reload_loop(), "reload")
+        if self.systemd.watchdog_interval_s is not None:
+            self._spawn(self._watchdog_loop(self.systemd.watchdog_interval_s), "watchdog")
+        self.metrics.reloaded(True, self.clock.wall())
+        self.systemd.ready()
+
+    async def stop(self) -> None:
+        """Stop taking work, give probes and sends a bounded time, then cancel."""
+        self.systemd.stopping()
+        budget_s = self.config.settings.shutdown_timeout_s
+        await self.scheduler.stop(timeout_s=max(0.1, budget_s - 1.5))
+        for task in self._tasks:
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=1.0)
+        if self._runner is not None:
+            await self._runner.cleanup()
+        await asyncio.gather(
+            *(_close_quietly(n.close(), n.channel) for n in self._notifiers.values())
+        )
+        await self.store.close()
+
+    def request_reload(self) -> None:
+        # One slot: several SIGHUPs in a row collapse into one reload.
+        self._reload_requested.set()
+
+    async def reload(self) -> bool:
+        """Apply the file as it is now; on any problem keep the running
+        configuration and say why."""
+        try:
+            new = await asyncio.to_thread(load_config, self.config_path)
+        except ConfigError as exc:
+            log.error(
+                "config_reload_failed",
+                file=str(self.config_path),
+                problems=[str(p) for p in exc.problems if not p.warning],
+            )
+            self.metrics.reloaded(False, self.clock.wall())
+            return False
+        for warning in new.warnings:
+            log.warning("config_warning", problem=str(warning))
+        added, changed, removed = self.scheduler.update(new.checks)
+        self.engine.reload(new.escalation)
+        if new.channels != self.config.channels:
+            old_notifiers = self._notifiers
+            self._notifiers = await create_notifiers(new.channels)
+            self.outbox.reload(self._notifiers, new.channels.outbox)
+            for notifier in old_notifiers.values():
+                await _close_quietly(notifier.close(), notifier.channel)
+        restart_needed = [
+            name
+            for name in ("api_host", "api_port", "sqlite_path", "state_dir")
+            if getattr(new.settings, name) != getattr(self.config.settings, name)
+        ]
+        if restart_needed:
+            log.warning("config_change_needs_restart", settings=restart_needed)
+        self.config = new
+        self.metrics.reloaded(True, self.clock.wall())
+        log.info("config_reloaded", added=added, changed=changed, removed=removed)
+        return True
+
+    # Tasks ---------------------------------------------------------------------
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        self._tasks.append(asyncio.create_task(coro, name=name))
+
+    async def _feed_engine(self) -> None:
+        while True:
+            result = await self._results.get()
+            try:
+                await self.engine.observe(result)
+            except Exception:
+                # A bug in one evaluation must not stop every later one.
+                log.exception("engine_observe_failed", check=result.check)
+
+    async def _reload_loop(self) -> None:
+        while True:
+            await self._reload_requested.wait()
+            self._reload_requested.clear()
+            await self.reload()
+
+    async def _watchdog_loop(self, interval_s: float) -> None:
+        while True:
+            healthy, reason = self.health()
+            if healthy:
+                self.systemd.watchdog()
+            else:
+                log.error("watchdog_withheld", reason=reason)
+            await asyncio.sleep(interval_s)
+
+    def _ack_key(self) -> bytes:
+        secret = self.config.escalation.ack_secret
+        if secret is not None:
+            return secret.reveal().encode("utf-8")
+        key_file = self.config.settings.state_dir / "ack.key"
+        with contextlib.suppress(FileNotFoundError):
+            return bytes.fromhex(key_file.read_text(encoding="ascii").strip())
+        # Kept across restarts, so links already sent stay valid.
+        self.config.settings.state_dir.mkdir(parents=True, exist_ok=True)
+        key = secrets.token_bytes(32)
+        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="ascii") as handle:
+            handle.write(key.hex() + "\n")
+        return key
+
+
+async def _close_quietly(closing: Coroutine[Any, Any, None], what: str) -> None:
+    try:
+        await asyncio.wait_for(closing, timeout=1.0)
+    except Exception as exc:
+        log.warning("close_failed", component=what, error=str(exc) or type(exc).__name__)
+
+
+async def run_daemon(config_path: Path) -> int:
+    """`sentinel run`: start, serve until SIGTERM or SIGINT, stop. Exit codes:
+    0 after a clean stop, 1 when the configuration or start-up fails."""
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 1
+    configure_logging(config.settings.log_format, config.settings.log_level)
+    for warning in config.warnings:
+        log.warning("config_warning", problem=str(warning))
+
+    loop = asyncio.get_running_loop()
+    stop_requested = asyncio.Event()
+    service = Service(config_path, config)
+    loop.add_signal_handler(signal.SIGTERM, stop_requested.set)
+    loop.add_signal_handler(signal.SIGINT, stop_requested.set)
+    loop.add_signal_handler(signal.SIGHUP, service.request_reload)
+    try:
+        await service.start()
+    except OSError as exc:
+        log.error("startup_failed", error=str(exc))
+        await service.stop()
+        return 1
+    settings = config.settings
+    base = f"http://{settings.api_host}:{settings.api_port}"
+    log.info(
+        "sentinel_started",
+        version=VERSION,
+        node=settings.node,
+        checks=len(config.checks),
+        api=f"{base}/api/v1",
+        metrics=f"{base}/metrics",
+        status=f"{base}/healthz",
+        store=str(settings.sqlite_path),
+    )
+    await stop_requested.wait()
+    log.info("sentinel_stopping")
+    await service.stop()
+    log.info("sentinel_stopped")
+    return 0
