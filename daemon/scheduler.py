@@ -141,6 +141,10 @@ class Scheduler:
             if pending:
                 await asyncio.wait(pending, timeout=1.0)
         await asyncio.gather(*(_close(e.check) for e in entries))
+        # Retired loops that ended above scheduled the closing of their checks.
+        await asyncio.sleep(0)
+        if self._retired:
+            await asyncio.wait(list(self._retired), timeout=1.0)
 
     # Internals ---------------------------------------------------------------
 
