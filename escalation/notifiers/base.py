@@ -38,6 +38,6 @@ class Notifier(abc.ABC):
         Raises DeliveryError on any failure, within `timeout_s`.
         """
 
+    @abc.abstractmethod
     async def close(self) -> None:
         """Release connections and clients; the notifier is not used after."""
-        return None
