@@ -27,7 +27,7 @@ from checks.settings import ConfigError
 from daemon.api import build_app
 from daemon.config import Config, admin_token, load_config
 from daemon.logs import configure_logging
-from daemon.metrics import DaemonMetrics
+from daemon.metrics import DaemonMetrics, sentinel_version
 from daemon.scheduler import Scheduler
 from daemon.sdnotify import SystemdNotifier
 from escalation.ack import AckSigner
@@ -40,13 +40,12 @@ from escalation.sqlite_store import SqliteStore
 
 log = structlog.get_logger(__name__)
 
-VERSION = "0.1.0"
-
-
 class Service:
     """Implements daemon.api.ApiBackend."""
 
-    def __init__(self, config_path: Path, config: Config, clock: Clock | None = None) -> None:
+    def __init__(
+        self, config_path: Path, config: Config, clock: Clock | None = None
+    ) -> None:
         self.config_path = config_path
         self.config = config
         self.clock = clock or SystemClock()
@@ -112,18 +111,23 @@ class Service:
         )
         await self.engine.start()
 
-        self._runner = web.AppRunner(build_app(self), shutdown_timeout=1.0, access_log=None)
+        self._runner = web.AppRunner(
+            build_app(self), shutdown_timeout=1.0, access_log=None
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, settings.api_host, settings.api_port)
         await site.start()
 
+        self.metrics.track_checks(self.config.checks)
         self.scheduler.start(self.config.checks)
         self._spawn(self.engine.run(), "engine")
         self._spawn(self.outbox.run(), "outbox")
         self._spawn(self._feed_engine(), "results")
         self._spawn(self._reload_loop(), "reload")
         if self.systemd.watchdog_interval_s is not None:
-            self._spawn(self._watchdog_loop(self.systemd.watchdog_interval_s), "watchdog")
+            self._spawn(
+                self._watchdog_loop(self.systemd.watchdog_interval_s), "watchdog"
+            )
         self.metrics.reloaded(True, self.clock.wall())
         self.systemd.ready()
 
@@ -150,9 +154,11 @@ class Service:
     async def reload(self) -> bool:
         """Apply the file as it is now; on any problem keep the running
         configuration and say why."""
+        self.systemd.reloading()
         try:
             new = await asyncio.to_thread(load_config, self.config_path)
         except ConfigError as exc:
+            self.systemd.ready()
             log.error(
                 "config_reload_failed",
                 file=str(self.config_path),
@@ -162,6 +168,7 @@ class Service:
             return False
         for warning in new.warnings:
             log.warning("config_warning", problem=str(warning))
+        self.metrics.track_checks(new.checks)
         added, changed, removed = self.scheduler.update(new.checks)
         self.engine.reload(new.escalation)
         if new.channels != self.config.channels:
@@ -179,6 +186,7 @@ class Service:
             log.warning("config_change_needs_restart", settings=restart_needed)
         self.config = new
         self.metrics.reloaded(True, self.clock.wall())
+        self.systemd.ready()
         log.info("config_reloaded", added=added, changed=changed, removed=removed)
         return True
 
@@ -231,7 +239,9 @@ async def _close_quietly(closing: Coroutine[Any, Any, None], what: str) -> None:
     try:
         await asyncio.wait_for(closing, timeout=1.0)
     except Exception as exc:
-        log.warning("close_failed", component=what, error=str(exc) or type(exc).__name__)
+        log.warning(
+            "close_failed", component=what, error=str(exc) or type(exc).__name__
+        )
 
 
 async def run_daemon(config_path: Path) -> int:
@@ -263,7 +273,7 @@ async def run_daemon(config_path: Path) -> int:
     base = f"http://{settings.api_host}:{settings.api_port}"
     log.info(
         "sentinel_started",
-        version=VERSION,
+        version=sentinel_version(),
         node=settings.node,
         checks=len(config.checks),
         api=f"{base}/api/v1",

@@ -49,4 +49,8 @@ fi
 if ! command -v promtool >/dev/null && [ "$(id -u)" = 0 ]; then
     apt_install prometheus || echo "ensure-services: promtool unavailable; its test will skip" >&2
 fi
+# nginx checks the shipped ack-page snippet in a test.
+if ! command -v nginx >/dev/null && [ "$(id -u)" = 0 ]; then
+    apt_install nginx-light || echo "ensure-services: nginx unavailable; its test will skip" >&2
+fi
 exit 0

@@ -36,7 +36,11 @@ class SleepCheck(Check):
 
 
 def make_check(
-    name: str, interval_s: float, timeout_s: float, sleep_s: float, fingerprint: str = ""
+    name: str,
+    interval_s: float,
+    timeout_s: float,
+    sleep_s: float,
+    fingerprint: str = "",
 ) -> SleepCheck:
     spec = CheckSpec(
         name=name,
@@ -71,7 +75,9 @@ class RecordingMetrics:
 def collect() -> tuple[list[CheckResult], Scheduler, RecordingMetrics]:
     results: list[CheckResult] = []
     metrics = RecordingMetrics()
-    scheduler = Scheduler(SystemClock(), results.append, jitter_fraction=0.0, metrics=metrics)
+    scheduler = Scheduler(
+        SystemClock(), results.append, jitter_fraction=0.0, metrics=metrics
+    )
     return results, scheduler, metrics
 
 
@@ -121,7 +127,9 @@ async def test_update_keeps_unchanged_checks_and_replaces_changed() -> None:
     kept_again = make_check("kept", 0.05, 0.05, 0, fingerprint="a")
     changed_new = make_check("changed", 0.05, 0.05, 0, fingerprint="b2")
     added = make_check("added", 0.05, 0.05, 0, fingerprint="d")
-    outcome = scheduler.update({"kept": kept_again, "changed": changed_new, "added": added})
+    outcome = scheduler.update(
+        {"kept": kept_again, "changed": changed_new, "added": added}
+    )
     assert outcome == (["added"], ["changed"], ["removed"])
     await asyncio.sleep(0.2)
 

@@ -1,0 +1,125 @@
+"""Scheduler benchmark: N http checks at a 1 s interval against one local
+aiohttp target, a fresh connection per probe, for a fixed time.
+
+The daemon runs as its own process (`sentinel run`), the target in another,
+so the CPU figure is the whole daemon's and nothing else's. Prints probes per
+second, daemon CPU per probe, p50/p99 scheduling lag (from the daemon's own
+histogram) and peak RSS.
+
+    python bench/scheduler_bench.py [--checks 1000] [--seconds 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import (  # noqa: E402
+    cpu_seconds,
+    daemon_process,
+    free_port,
+    histogram_quantile,
+    machine,
+    peak_rss_mib,
+    samples,
+    scrape,
+    wait_http,
+)
+
+
+def serve_target(port: int) -> None:
+    from aiohttp import web
+
+    async def health(_request: web.Request) -> web.Response:
+        return web.Response(text='{"status": "ok"}', content_type="application/json")
+
+    app = web.Application()
+    app.router.add_get("/health", health)
+    web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
+
+
+def write_config(directory: Path, checks: int, target_port: int, api_port: int) -> Path:
+    lines = [
+        "[daemon]",
+        f'state_dir = "{directory / "state"}"',
+        "max_concurrent_checks = 2000",
+        "[api]",
+        f"port = {api_port}",
+        "[log]",
+        'format = "json"',
+        "[escalation]",
+        'public_url = "http://127.0.0.1"',
+    ]
+    for index in range(checks):
+        lines += [
+            f"[checks.http{index}]",
+            'type = "http"',
+            f'url = "http://127.0.0.1:{target_port}/health"',
+            'interval = "1s"',
+            'timeout = "900ms"',
+        ]
+    path = directory / "bench.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def runs_total(text: str) -> float:
+    return sum(value for _, value in samples(text, "sentinel_check_runs_total"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checks", type=int, default=1000)
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--warmup", type=float, default=8.0)
+    args = parser.parse_args()
+
+    target_port, api_port = free_port(), free_port()
+    target = multiprocessing.Process(target=serve_target, args=(target_port,), daemon=True)
+    target.start()
+    wait_http(f"http://127.0.0.1:{target_port}/health")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        config = write_config(Path(tmp), args.checks, target_port, api_port)
+        metrics_url = f"http://127.0.0.1:{api_port}/metrics"
+        with daemon_process(config, Path(tmp) / "daemon.log") as proc:
+            wait_http(metrics_url)
+            process = psutil.Process(proc.pid)
+            time.sleep(args.warmup)
+            before_text = scrape(metrics_url)
+            before_cpu, began = cpu_seconds(process), time.monotonic()
+            time.sleep(args.seconds)
+            after_cpu, ended = cpu_seconds(process), time.monotonic()
+            after_text = scrape(metrics_url)
+            rss = peak_rss_mib(proc.pid)
+            statuses = samples(after_text, "sentinel_check_runs_total")
+
+    target.terminate()
+    target.join()
+
+    probes = runs_total(after_text) - runs_total(before_text)
+    elapsed = ended - began
+    cpu = after_cpu - before_cpu
+    not_ok = sum(v for labels, v in statuses if 'status="ok"' not in labels)
+    print(f"machine: {machine()}")
+    print(f"checks: {args.checks} http at 1 s, {elapsed:.0f} s measured after {args.warmup:g} s")
+    print(f"probes per second: {probes / elapsed:.0f}")
+    print(f"daemon CPU: {cpu:.1f} s = {cpu / probes * 1000:.3f} ms per probe")
+    print(f"CPU seconds per 1,000 probes: {cpu / probes * 1000:.3f}")
+    p50 = histogram_quantile(after_text, "sentinel_scheduler_lag_seconds", 0.5)
+    p99 = histogram_quantile(after_text, "sentinel_scheduler_lag_seconds", 0.99)
+    print(f"scheduling lag: p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms (whole run)")
+    print(f"peak RSS: {rss:.1f} MiB")
+    print(f"results not ok during the run: {not_ok:.0f}")
+
+
+if __name__ == "__main__":
+    main()
