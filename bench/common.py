@@ -16,7 +16,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-import psutil
+import psutil  # type: ignore[import-untyped]
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -96,14 +96,23 @@ def samples(text: str, name: str) -> list[tuple[str, float]]:
     return found
 
 
-def histogram_quantile(text: str, name: str, q: float) -> float:
-    """Linear interpolation inside the bucket, as Prometheus does."""
-    buckets = []
+def _buckets(text: str, name: str) -> dict[float, float]:
+    found = {}
     for labels, value in samples(text, f"{name}_bucket"):
-        bound = re.search(r'le="([^"]+)"', labels)
-        if bound:
-            buckets.append((float(bound.group(1)), value))
-    buckets.sort()
+        le = re.search(r'le="([^"]+)"', labels)
+        if le:
+            found[float(le.group(1))] = value
+    return found
+
+
+def histogram_quantile(
+    text: str, name: str, q: float, since_text: str | None = None
+) -> float:
+    """Linear interpolation inside the bucket, as Prometheus does; with
+    `since_text`, over the observations made after that scrape only."""
+    after = _buckets(text, name)
+    before = _buckets(since_text, name) if since_text else {}
+    buckets = sorted((le, count - before.get(le, 0.0)) for le, count in after.items())
     if not buckets or buckets[-1][1] == 0:
         return float("nan")
     rank = q * buckets[-1][1]

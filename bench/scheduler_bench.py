@@ -12,17 +12,18 @@ histogram) and peak RSS.
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import psutil
+import psutil  # type: ignore[import-untyped]
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import (  # noqa: E402
+from bench.common import (
     cpu_seconds,
     daemon_process,
     free_port,
@@ -36,7 +37,7 @@ from bench.common import (  # noqa: E402
 
 
 def serve_target(port: int) -> None:
-    from aiohttp import web
+    from aiohttp import web  # noqa: PLC0415 - only the target process needs it
 
     async def health(_request: web.Request) -> web.Response:
         return web.Response(text='{"status": "ok"}', content_type="application/json")
@@ -71,6 +72,25 @@ def write_config(directory: Path, checks: int, target_port: int, api_port: int) 
     return path
 
 
+def failure_messages(log_path: Path) -> dict[str, int]:
+    """Distinct messages of checks that turned not-ok, with counts."""
+    found: dict[str, int] = {}
+    for line in log_path.read_text().splitlines():
+        if '"check_status_changed"' in line:
+            event = json.loads(line)
+            if event.get("new") != "ok":
+                message = str(event.get("message"))[:100]
+                found[message] = found.get(message, 0) + 1
+    return found
+
+
+def started_event_loop(log_path: Path) -> str:
+    for line in log_path.read_text().splitlines():
+        if '"sentinel_started"' in line:
+            return str(json.loads(line).get("event_loop", "unknown"))
+    return "unknown"
+
+
 def runs_total(text: str) -> float:
     return sum(value for _, value in samples(text, "sentinel_check_runs_total"))
 
@@ -83,7 +103,9 @@ def main() -> None:
     args = parser.parse_args()
 
     target_port, api_port = free_port(), free_port()
-    target = multiprocessing.Process(target=serve_target, args=(target_port,), daemon=True)
+    target = multiprocessing.Process(
+        target=serve_target, args=(target_port,), daemon=True
+    )
     target.start()
     wait_http(f"http://127.0.0.1:{target_port}/health")
 
@@ -100,6 +122,8 @@ def main() -> None:
             after_cpu, ended = cpu_seconds(process), time.monotonic()
             after_text = scrape(metrics_url)
             rss = peak_rss_mib(proc.pid)
+            event_loop = started_event_loop(Path(tmp) / "daemon.log")
+            failures = failure_messages(Path(tmp) / "daemon.log")
             statuses = samples(after_text, "sentinel_check_runs_total")
 
     target.terminate()
@@ -110,15 +134,22 @@ def main() -> None:
     cpu = after_cpu - before_cpu
     not_ok = sum(v for labels, v in statuses if 'status="ok"' not in labels)
     print(f"machine: {machine()}")
-    print(f"checks: {args.checks} http at 1 s, {elapsed:.0f} s measured after {args.warmup:g} s")
+    print(
+        f"checks: {args.checks} http at 1 s, {elapsed:.0f} s measured "
+        f"after {args.warmup:g} s of warm-up"
+    )
     print(f"probes per second: {probes / elapsed:.0f}")
     print(f"daemon CPU: {cpu:.1f} s = {cpu / probes * 1000:.3f} ms per probe")
     print(f"CPU seconds per 1,000 probes: {cpu / probes * 1000:.3f}")
-    p50 = histogram_quantile(after_text, "sentinel_scheduler_lag_seconds", 0.5)
-    p99 = histogram_quantile(after_text, "sentinel_scheduler_lag_seconds", 0.99)
-    print(f"scheduling lag: p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms (whole run)")
+    lag = "sentinel_scheduler_lag_seconds"
+    p50 = histogram_quantile(after_text, lag, 0.5, before_text)
+    p99 = histogram_quantile(after_text, lag, 0.99, before_text)
+    print(f"scheduling lag: p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms")
+    print(f"event loop: {event_loop}")
     print(f"peak RSS: {rss:.1f} MiB")
     print(f"results not ok during the run: {not_ok:.0f}")
+    for message, count in sorted(failures.items(), key=lambda kv: -kv[1])[:5]:
+        print(f"  {count} x {message}")
 
 
 if __name__ == "__main__":

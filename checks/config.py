@@ -16,15 +16,22 @@ _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 def build_checks(checks_table: Section) -> dict[str, Check]:
     """Every configured and enabled check; problems are recorded on the
     section's collector, and a check with problems is left out of the result.
-    A disabled check is still validated, so turning it on cannot surprise."""
+    A disabled check is still validated, so turning it on cannot surprise,
+    but its warnings (a credentials file not there yet) are not shown."""
     built: dict[str, Check] = {}
+    problems = checks_table.problems
     for name, section in _children(checks_table):
         enabled = section.bool("enabled", True)
+        recorded = len(problems.items)
         check = build_check(name, section)
-        # A disabled check is validated but never built into the schedule;
-        # checks open nothing before their first probe, so nothing leaks.
+        # Checks open nothing before their first probe, so a disabled one
+        # is simply left out of the schedule.
         if check is not None and enabled:
             built[name] = check
+        elif not enabled:
+            problems.items[recorded:] = [
+                p for p in problems.items[recorded:] if not p.warning
+            ]
     return built
 
 

@@ -440,84 +440,61 @@ async def _fetch(target: _Target, settings: HttpSettings) -> _ResponseReader:
 
     failures: list[str] = []
     for family, address in addresses:
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        done: asyncio.Future[None] = loop.create_future()
         try:
-            sock.setblocking(False)
-            await loop.sock_connect(sock, address)
+            # One create_connection to a numeric address: the loop connects
+            # and builds the transport in one step, which costs about half
+            # of a sock_connect followed by create_connection(sock=...).
+            transport, reader = await loop.create_connection(
+                lambda done=done: _ResponseReader(
+                    target.request,
+                    settings.max_body_bytes,
+                    settings.keep_body_bytes,
+                    target.method == "HEAD",
+                    done,
+                ),
+                host=address[0],
+                port=address[1],
+                family=family,
+                ssl=context,
+                server_hostname=target.server_hostname if context else None,
+            )
+        except ssl.SSLCertVerificationError as exc:
+            raise _TargetDown(
+                f"TLS certificate of {target.server_hostname} is not valid: "
+                f"{exc.verify_message}"
+            ) from None
+        except ssl.SSLError as exc:
+            raise _TargetDown(
+                f"TLS handshake with {_show_address(address)} failed: "
+                f"{exc.reason or exc}"
+            ) from None
         except OSError as exc:
-            sock.close()
             if exc.errno in _LOCAL_ERRNOS:
                 raise ProbeSetupError(
                     f"cannot open a connection: {exc.strerror}"
                 ) from None
             failures.append(f"{_show_address(address)}: {_os_reason(exc)}")
             continue
-        except BaseException:
-            sock.close()
-            raise
-        return await _exchange(
-            loop,
-            sock=sock,
-            address=address,
-            target=target,
-            context=context,
-            settings=settings,
-        )
+        return await _exchange(transport, reader, done, tls=context is not None)
     where = "" if target.ip_literal else f"{target.host}: "
     raise _TargetDown(f"cannot connect to {where}{'; '.join(failures)}")
 
 
 async def _exchange(
-    loop: asyncio.AbstractEventLoop,
+    transport: asyncio.Transport,
+    reader: _ResponseReader,
+    done: asyncio.Future[None],
     *,
-    sock: socket.socket,
-    address: Any,
-    target: _Target,
-    context: ssl.SSLContext | None,
-    settings: HttpSettings,
+    tls: bool,
 ) -> _ResponseReader:
-    done: asyncio.Future[None] = loop.create_future()
-    no_body = target.method == "HEAD"
     try:
-        transport, reader = await loop.create_connection(
-            lambda: _ResponseReader(
-                target.request,
-                settings.max_body_bytes,
-                settings.keep_body_bytes,
-                no_body,
-                done,
-            ),
-            sock=sock,
-            ssl=context,
-            server_hostname=target.server_hostname if context else None,
-        )
-    except ssl.SSLCertVerificationError as exc:
-        sock.close()
-        raise _TargetDown(
-            f"TLS certificate of {target.server_hostname} is not valid: "
-            f"{exc.verify_message}"
-        ) from None
-    except ssl.SSLError as exc:
-        sock.close()
-        raise _TargetDown(
-            f"TLS handshake with {_show_address(address)} failed: {exc.reason or exc}"
-        ) from None
-    except OSError as exc:
-        sock.close()
-        raise _TargetDown(
-            f"connection to {_show_address(address)} failed: {_os_reason(exc)}"
-        ) from None
-    except BaseException:
-        sock.close()
-        raise
-
-    try:
-        if context is not None:
+        if tls:
             reader.tls_not_after = _peer_not_after(transport)
         await done
     finally:
         # TLS close_notify and lingering are of no use to a probe.
-        if reader.complete and context is None:
+        if reader.complete and not tls:
             transport.close()
         else:
             transport.abort()

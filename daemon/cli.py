@@ -223,9 +223,10 @@ def _duration(text: str) -> str:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     # Imported here: the other verbs need none of the daemon's machinery.
-    from daemon.service import run_daemon  # noqa: PLC0415
+    from daemon.service import event_loop_factory, run_daemon  # noqa: PLC0415
 
-    return asyncio.run(run_daemon(args.config))
+    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+        return runner.run(run_daemon(args.config))
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
@@ -239,7 +240,8 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
         escalation = config.escalation
         summary = ", ".join(
             (
-                _count(len(config.checks), "check"),
+                _count(len(config.checks), "enabled check")
+                + f" of {config.configured_checks}",
                 _count(len(escalation.rules), "rule"),
                 _count(len(escalation.contacts), "contact"),
                 _count(len(escalation.policies), "policy", "policies"),

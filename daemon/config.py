@@ -47,6 +47,8 @@ class Config:
     escalation: EscalationConfig
     channels: ChannelsConfig
     warnings: list[Problem] = field(default_factory=list)
+    configured_checks: int = 0
+    """Checks in the file, the disabled ones included."""
 
 
 def load_config(path: Path, env: Mapping[str, str] | None = None) -> Config:
@@ -95,6 +97,7 @@ def load_config(path: Path, env: Mapping[str, str] | None = None) -> Config:
         escalation=escalation,
         channels=channels,
         warnings=[p for p in located if p.warning],
+        configured_checks=len(list(checks_table.names())),
     )
 
 

@@ -163,9 +163,12 @@ class Api:
 
 @dataclass
 class Target:
-    """An http target whose answer the test switches between up and down."""
+    """An http target whose answer the test switches between up and down, or
+    that alternates on every request while `flapping`."""
 
     healthy: bool = True
+    flapping: bool = False
+    requests: int = 0
     port: int = 0
     runner: web.AppRunner | None = None
 
@@ -178,6 +181,9 @@ class Target:
         await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
 
     async def _health(self, _request: web.Request) -> web.Response:
+        self.requests += 1
+        if self.flapping:
+            self.healthy = not self.healthy
         if self.healthy:
             return web.json_response({"status": "ok"})
         return web.json_response({"status": "down"}, status=503)

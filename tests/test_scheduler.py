@@ -117,7 +117,7 @@ async def test_overlapping_run_is_skipped_and_counted() -> None:
 async def test_update_keeps_unchanged_checks_and_replaces_changed() -> None:
     """A reload keeps the schedule and state of a check whose settings did
     not change, restarts a changed one and closes a removed one."""
-    results, scheduler, metrics = collect()
+    _, scheduler, metrics = collect()
     kept = make_check("kept", 0.05, 0.05, 0, fingerprint="a")
     changed = make_check("changed", 0.05, 0.05, 0, fingerprint="b")
     removed = make_check("removed", 0.05, 0.05, 0, fingerprint="c")
