@@ -79,6 +79,19 @@ class Daemon:
             self.proc.wait()
             raise
 
+    async def wait_ready(self, api: Api, timeout_s: float = 20.0) -> None:
+        """Until the API answers; a daemon that exits instead fails the test
+        at once with what it printed."""
+
+        async def answering() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(
+                    f"the daemon exited with {self.proc.returncode}:\n{self.log_text()}"
+                )
+            return await api.up()
+
+        await wait_until(answering, timeout_s, "the API to answer")
+
     def wait_exit(self, timeout_s: float) -> int:
         assert self.proc is not None
         return self.proc.wait(timeout=timeout_s)

@@ -77,7 +77,12 @@ async def start_daemon(
     daemon = Daemon(config, env=env)
     daemon.start()
     api = Api(port, "lifecycle-test-token-0123456789")
-    await wait_until(api.up, 20, "the API to answer")
+    try:
+        await daemon.wait_ready(api)
+    except AssertionError:
+        await api.close()
+        daemon.stop()
+        raise
     return daemon, api
 
 

@@ -119,7 +119,7 @@ def ladder_config(
     """A daemon watching `target` with one P1 rule and a ladder of
     (delay, contact) steps; `contacts` maps a name to its channels list."""
     step_tables = "".join(
-        f'[[escalation.policies.fast.steps]]\ndelay = "{delay}"\ncontacts = ["{who}"]\n'
+        f'[[escalation.policies.default.steps]]\ndelay = "{delay}"\ncontacts = ["{who}"]\n'
         for delay, who in steps
     )
     contact_tables = "".join(
@@ -158,10 +158,10 @@ summary = "API down: {{message}}"
 public_url = "http://127.0.0.1:{api_port}"
 ack_secret = "{ACK_SECRET}"
 [escalation.priorities.P1]
-policy = "fast"
+policy = "default"
 response_target = "1h"
 ack_timeout = "1h"
-[escalation.policies.fast]
+[escalation.policies.default]
 {step_tables}
 {contact_tables}
 [channels.webhook]
@@ -187,7 +187,12 @@ async def start(config: Path, api_port: int) -> tuple[Daemon, Api]:
     daemon = Daemon(config)
     daemon.start()
     api = Api(api_port, TOKEN)
-    await wait_until(api.up, 20, "the API to answer")
+    try:
+        await daemon.wait_ready(api)
+    except AssertionError:
+        await api.close()
+        daemon.stop()
+        raise
     return daemon, api
 
 
