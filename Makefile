@@ -33,7 +33,8 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 bench: $(STAMP)
-	$(BIN)/python bench/scheduler_bench.py
+	$(BIN)/python bench/scheduler_bench.py --checks 1000 --seconds 60
+	$(BIN)/python bench/scheduler_bench.py --checks 100 --seconds 30
 	$(BIN)/python bench/escalation_bench.py
 	$(BIN)/python bench/idle_rss.py
 

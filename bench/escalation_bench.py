@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import multiprocessing
 import statistics
 import sys
@@ -22,6 +23,7 @@ import time
 from pathlib import Path
 
 import psutil  # type: ignore[import-untyped]
+import structlog
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -222,6 +224,11 @@ def main() -> None:
     parser.add_argument("--open", type=int, default=10_000)
     args = parser.parse_args()
 
+    # Each incident logs its opening: a state change worth a line in
+    # production, ten thousand lines of noise here.
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING)
+    )
     port = free_port()
     receiver = multiprocessing.Process(target=serve_receiver, args=(port,), daemon=True)
     receiver.start()

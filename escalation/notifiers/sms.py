@@ -7,15 +7,6 @@ import asyncio
 import contextlib
 from typing import Any
 
-from aiobotocore.config import AioConfig
-from aiobotocore.session import get_session
-from botocore.exceptions import (
-    BotoCoreError,
-    ClientError,
-    NoCredentialsError,
-    PartialCredentialsError,
-)
-
 from checks.settings import SecretUnavailable
 from escalation.model import OutboxPage
 from escalation.notifiers import render
@@ -64,14 +55,30 @@ class SmsNotifier(Notifier):
         where = f"SNS {self._settings.region}"
         try:
             async with asyncio.timeout(self.timeout_s):
-                client = await self._sns()
-                await client.publish(
-                    PhoneNumber=target.to, Message=text, MessageAttributes=attributes
-                )
+                await self._publish(target.to, text, attributes, where)
         except TimeoutError:
             raise DeliveryError(
                 f"{where} did not answer within {self.timeout_s:g} s", retryable=True
             ) from None
+        except SecretUnavailable as exc:
+            raise DeliveryError(f"{where}: {exc}", retryable=True) from None
+
+    async def _publish(
+        self, number: str, text: str, attributes: dict[str, Any], where: str
+    ) -> None:
+        # botocore weighs tens of MiB: the first SMS imports it, not the start.
+        from botocore.exceptions import (  # noqa: PLC0415
+            BotoCoreError,
+            ClientError,
+            NoCredentialsError,
+            PartialCredentialsError,
+        )
+
+        try:
+            client = await self._sns()
+            await client.publish(
+                PhoneNumber=number, Message=text, MessageAttributes=attributes
+            )
         except ClientError as exc:
             error = exc.response.get("Error", {})
             code = str(error.get("Code", "?"))
@@ -87,8 +94,6 @@ class SmsNotifier(Notifier):
             ) from None
         except (NoCredentialsError, PartialCredentialsError) as exc:
             raise DeliveryError(f"{where}: {exc}", retryable=False) from None
-        except SecretUnavailable as exc:
-            raise DeliveryError(f"{where}: {exc}", retryable=True) from None
         except BotoCoreError as exc:
             raise DeliveryError(f"{where}: {exc}", retryable=True) from None
 
@@ -100,6 +105,9 @@ class SmsNotifier(Notifier):
     async def _sns(self) -> Any:
         """The one SNS client, created on the first page: loading botocore's
         service models takes tens of MiB that an idle daemon should not hold."""
+        from aiobotocore.config import AioConfig  # noqa: PLC0415
+        from aiobotocore.session import get_session  # noqa: PLC0415
+
         async with self._client_lock:
             if self._client is None:
                 settings = self._settings
