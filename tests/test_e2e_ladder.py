@@ -119,7 +119,8 @@ def ladder_config(
     """A daemon watching `target` with one P1 rule and a ladder of
     (delay, contact) steps; `contacts` maps a name to its channels list."""
     step_tables = "".join(
-        f'[[escalation.policies.default.steps]]\ndelay = "{delay}"\ncontacts = ["{who}"]\n'
+        "[[escalation.policies.default.steps]]\n"
+        f'delay = "{delay}"\ncontacts = ["{who}"]\n'
         for delay, who in steps
     )
     contact_tables = "".join(
