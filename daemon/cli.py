@@ -229,6 +229,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return runner.run(run_daemon(args.config))
 
 
+def _checks_summary(enabled: int, configured: int) -> str:
+    if enabled == configured:
+        return _count(enabled, "check")
+    return f"{enabled} of {configured} checks enabled"
+
+
 def _cmd_check_config(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
@@ -240,8 +246,7 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
         escalation = config.escalation
         summary = ", ".join(
             (
-                _count(len(config.checks), "enabled check")
-                + f" of {config.configured_checks}",
+                _checks_summary(len(config.checks), config.configured_checks),
                 _count(len(escalation.rules), "rule"),
                 _count(len(escalation.contacts), "contact"),
                 _count(len(escalation.policies), "policy", "policies"),
