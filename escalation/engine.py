@@ -520,9 +520,7 @@ class Engine:
             response_target_s=settings.response_target_s,
         )
         frozen = FrozenPolicy.from_json(frozen_json)
-        incident.suppressed = self._suppression_reason(incident, now)
-        if incident.suppressed is None:
-            incident.next_deadline = now + frozen.steps[0].delay_s
+        held_back = self._arm_first_step(incident, frozen, now)
         events = [
             self._event(
                 incident,
@@ -535,14 +533,9 @@ class Engine:
                 dedup_key=t.dedup_key,
                 policy=policy.name,
                 evidence=incident.evidence,
-            )
+            ),
+            *held_back,
         ]
-        if incident.suppressed is not None:
-            events.append(
-                self._event(
-                    incident, now, EventKind.SUPPRESSED, reason=incident.suppressed
-                )
-            )
 
         created = await self.store.create_incident(incident, events)
         self._frozen[created.id] = frozen
@@ -558,6 +551,19 @@ class Engine:
             suppressed=created.suppressed,
         )
         await self._advance(created.id, now)
+
+    def _arm_first_step(
+        self, incident: Incident, frozen: FrozenPolicy, now: float
+    ) -> list[TimelineEvent]:
+        """Hold a new or reopened incident back when something suppresses
+        it, else arm its first step; returns the SUPPRESSED event, if any."""
+        incident.suppressed = self._suppression_reason(incident, now)
+        if incident.suppressed is None:
+            incident.next_deadline = now + frozen.steps[0].delay_s
+            return []
+        return [
+            self._event(incident, now, EventKind.SUPPRESSED, reason=incident.suppressed)
+        ]
 
     async def _reopen(self, latest: Incident, t: RuleTransition, now: float) -> None:
         frozen = FrozenPolicy.from_json(latest.policy)
@@ -583,9 +589,7 @@ class Engine:
             # Who hears about this episode is decided by its own ladder.
             paged_contacts=[],
         )
-        incident.suppressed = self._suppression_reason(incident, now)
-        if incident.suppressed is None:
-            incident.next_deadline = now + frozen.steps[0].delay_s
+        held_back = self._arm_first_step(incident, frozen, now)
         events = [
             self._event(
                 incident,
@@ -595,14 +599,9 @@ class Engine:
                 resolved_at=latest.resolved_at,
                 resolved_by=latest.resolved_by,
                 evidence=incident.evidence,
-            )
+            ),
+            *held_back,
         ]
-        if incident.suppressed is not None:
-            events.append(
-                self._event(
-                    incident, now, EventKind.SUPPRESSED, reason=incident.suppressed
-                )
-            )
         self._frozen[incident.id] = frozen
         try:
             await self._save(incident, events)

@@ -109,6 +109,22 @@ class Daemon:
         return self.log_path.read_text(errors="replace")
 
 
+async def start_daemon(
+    config: Path, api_port: int, token: str, env: dict[str, str] | None = None
+) -> tuple[Daemon, Api]:
+    """`sentinel run` on `config`, once its API on `api_port` answers."""
+    daemon = Daemon(config, env=env)
+    daemon.start()
+    api = Api(api_port, token)
+    try:
+        await daemon.wait_ready(api)
+    except AssertionError:
+        await api.close()
+        daemon.stop()
+        raise
+    return daemon, api
+
+
 async def wait_until(
     predicate: Callable[[], Any], timeout_s: float, what: str, interval_s: float = 0.05
 ) -> Any:

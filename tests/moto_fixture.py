@@ -1,8 +1,7 @@
 """A real moto server (SNS, SES, CloudWatch, ...) on a free loopback port.
 
-Import the fixtures into a test module to use them:
-
-    from tests.moto_fixture import moto, moto_server  # noqa: F401
+tests/conftest.py registers this module as a plugin, so any test can ask
+for the ``moto`` or ``moto_server`` fixture.
 
 `moto_server` starts one ``moto_server`` process for the whole session;
 `moto` hands it to one test after clearing every backend, so tests never see
@@ -12,7 +11,6 @@ each other's topics, messages or alarms.
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,6 +22,8 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 import pytest
+
+from tests.daemon_harness import free_port
 
 AWS_ENV = {
     # botocore must never look beyond loopback for credentials or config.
@@ -60,13 +60,6 @@ class MotoServer:
         with urllib.request.urlopen(request, timeout=5) as response:
             body: bytes = response.read()
             return body
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import io
 import json
@@ -148,14 +149,13 @@ def make_result(
     )
 
 
-@pytest.fixture
-async def api(tmp_path: Path, clock: FakeClock) -> AsyncIterator[Api]:
-    config_path = tmp_path / "config.toml"
-    config_path.write_text(CONFIG)
+@contextlib.asynccontextmanager
+async def real_backend(config_path: Path, clock: FakeClock) -> AsyncIterator[Backend]:
+    """A Backend around a real Engine on a SqliteStore beside the config."""
     config = load_config(config_path)
     for check in config.checks.values():
         await check.close()
-    store = SqliteStore(tmp_path / "sentinel.db")
+    store = SqliteStore(config_path.parent / "sentinel.db")
     await store.open()
     registry = CollectorRegistry()
     signer = AckSigner(b"0123456789abcdef0123456789abcdef")
@@ -167,15 +167,24 @@ async def api(tmp_path: Path, clock: FakeClock) -> AsyncIterator[Api]:
         metrics=EscalationMetrics(registry),
     )
     await engine.start()
-    backend = Backend(engine=engine, signer=signer, clock=clock, registry=registry)
-    app = build_app(backend)
-    client = TestClient(TestServer(app))
-    await client.start_server()
     try:
-        yield Api(client, backend, app)
+        yield Backend(engine=engine, signer=signer, clock=clock, registry=registry)
     finally:
-        await client.close()
         await store.close()
+
+
+@pytest.fixture
+async def api(tmp_path: Path, clock: FakeClock) -> AsyncIterator[Api]:
+    config_path = tmp_path / "config.toml"
+    config_path.write_text(CONFIG)
+    async with real_backend(config_path, clock) as backend:
+        app = build_app(backend)
+        client = TestClient(TestServer(app))
+        await client.start_server()
+        try:
+            yield Api(client, backend, app)
+        finally:
+            await client.close()
 
 
 @pytest.fixture

@@ -13,19 +13,13 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
-from prometheus_client import CollectorRegistry
 
 from checks.clock import FakeClock
 from checks.result import Status
 from daemon.api import build_app
-from daemon.config import load_config
 from daemon.metrics import sentinel_version
-from escalation.ack import AckSigner
-from escalation.engine import Engine
-from escalation.metrics import EscalationMetrics
-from escalation.sqlite_store import SqliteStore
 from tests.daemon_harness import free_port
-from tests.test_api import ADMIN_TOKEN, CONFIG, Backend, make_result
+from tests.test_api import ADMIN_TOKEN, CONFIG, Backend, make_result, real_backend
 
 VERBS = [
     ["run"],
@@ -236,30 +230,14 @@ async def live(tmp_path: Path, clock: FakeClock) -> AsyncIterator[Live]:
     configuration names, so the CLI finds it the way it finds the daemon."""
     port = free_port()
     path = _config(tmp_path, port)
-    config = load_config(path)
-    for check in config.checks.values():
-        await check.close()
-    store = SqliteStore(tmp_path / "sentinel.db")
-    await store.open()
-    registry = CollectorRegistry()
-    signer = AckSigner(b"0123456789abcdef0123456789abcdef")
-    engine = Engine(
-        store,
-        config.escalation,
-        clock,
-        signer=signer,
-        metrics=EscalationMetrics(registry),
-    )
-    await engine.start()
-    backend = Backend(engine=engine, signer=signer, clock=clock, registry=registry)
-    runner = web.AppRunner(build_app(backend))
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        yield Live(path, port, backend)
-    finally:
-        await runner.cleanup()
-        await store.close()
+    async with real_backend(path, clock) as backend:
+        runner = web.AppRunner(build_app(backend))
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        try:
+            yield Live(path, port, backend)
+        finally:
+            await runner.cleanup()
 
 
 async def _open_incident(live: Live) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from tests.daemon_harness import ROOT, Api, Daemon, free_port, wait_until
+from tests.daemon_harness import ROOT, Api, Daemon, free_port, start_daemon, wait_until
 
 
 def write_config(path: Path, api_port: int, checks: str) -> None:
@@ -26,7 +26,7 @@ state_dir = "{path.parent / "state"}"
 shutdown_timeout = "3s"
 [api]
 port = {api_port}
-admin_token = "lifecycle-test-token-0123456789"
+admin_token = "{TOKEN}"
 [log]
 format = "json"
 {checks}
@@ -69,21 +69,15 @@ async def api_port() -> AsyncIterator[int]:
     yield free_port()
 
 
-async def start_daemon(
+TOKEN = "lifecycle-test-token-0123456789"
+
+
+async def start_with_checks(
     tmp_path: Path, port: int, checks: str, **env: str
 ) -> tuple[Daemon, Api]:
     config = tmp_path / "sentinel.toml"
     write_config(config, port, checks)
-    daemon = Daemon(config, env=env)
-    daemon.start()
-    api = Api(port, "lifecycle-test-token-0123456789")
-    try:
-        await daemon.wait_ready(api)
-    except AssertionError:
-        await api.close()
-        daemon.stop()
-        raise
-    return daemon, api
+    return await start_daemon(config, port, TOKEN, env)
 
 
 async def test_sigterm_stops_within_five_seconds_with_hung_probes(
@@ -95,7 +89,7 @@ async def test_sigterm_stops_within_five_seconds_with_hung_probes(
         http_check(f"hung{i}", hanging_server, timeout="10s", interval="10s")
         for i in range(20)
     )
-    daemon, api = await start_daemon(tmp_path, api_port, checks)
+    daemon, api = await start_with_checks(tmp_path, api_port, checks)
     try:
         await asyncio.sleep(1.5)  # every probe is now in flight and hanging
         began = time.monotonic()
@@ -117,7 +111,9 @@ async def test_sighup_with_broken_file_keeps_running_config(
     """A broken file on SIGHUP is refused with its reasons logged; the old
     checks keep running; a fixed file then applies and the metric says so."""
     healthz = f"http://127.0.0.1:{api_port}/healthz"
-    daemon, api = await start_daemon(tmp_path, api_port, http_check("self", healthz))
+    daemon, api = await start_with_checks(
+        tmp_path, api_port, http_check("self", healthz)
+    )
     try:
         await wait_until(lambda: _check_names(api), 10, "the first result")
 
@@ -186,7 +182,7 @@ async def test_sd_notify_ready_watchdog_stopping(tmp_path: Path, api_port: int) 
     receiver.settimeout(0.2)
     datagrams: list[str] = []
     try:
-        daemon, api = await start_daemon(
+        daemon, api = await start_with_checks(
             tmp_path,
             api_port,
             http_check("self", f"http://127.0.0.1:{api_port}/healthz"),

@@ -8,58 +8,32 @@ must arrive at its step's deadline, within a second.
 from __future__ import annotations
 
 import asyncio
-import email
-import email.policy
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
 import aiomqtt
 import pytest
-from aiosmtpd.controller import Controller
 
 from tests.daemon_harness import (
     Api,
-    Daemon,
     Target,
     WebhookReceiver,
     free_port,
+    start_daemon,
     wait_until,
 )
-from tests.moto_fixture import MotoServer, moto, moto_server  # noqa: F401
+from tests.moto_fixture import MotoServer
+from tests.smtp_fixture import Mailbox
 
 TOKEN = "e2e-admin-token-0123456789abcdef"
 ACK_SECRET = "e2e-ack-secret-0123456789abcdef"
 # A page may leave up to this long after its deadline: the engine wakes at
 # least once a second, and delivery itself takes a little.
 ON_TIME_S = 1.0
-
-
-@dataclass
-class Mailbox:
-    messages: list[tuple[float, EmailMessage]] = field(default_factory=list)
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        parsed = email.message_from_bytes(envelope.content, policy=email.policy.default)
-        assert isinstance(parsed, EmailMessage)
-        self.messages.append((time.time(), parsed))
-        return "250 accepted"
-
-
-@pytest.fixture
-def mailbox() -> Iterator[tuple[Mailbox, int]]:
-    handler = Mailbox()
-    port = free_port()
-    controller = Controller(handler, hostname="127.0.0.1", port=port)
-    controller.start()
-    try:
-        yield handler, port
-    finally:
-        controller.stop()
 
 
 @pytest.fixture
@@ -184,19 +158,6 @@ async def api_port() -> AsyncIterator[int]:
     yield free_port()
 
 
-async def start(config: Path, api_port: int) -> tuple[Daemon, Api]:
-    daemon = Daemon(config)
-    daemon.start()
-    api = Api(api_port, TOKEN)
-    try:
-        await daemon.wait_ready(api)
-    except AssertionError:
-        await api.close()
-        daemon.stop()
-        raise
-    return daemon, api
-
-
 async def only_incident(api: Api) -> dict[str, Any]:
     incidents = await wait_until(api.incidents, 10, "an incident")
     assert len(incidents) == 1, incidents
@@ -212,7 +173,7 @@ async def test_full_ladder_pages_each_step_on_time_through_every_channel(
     target: Target,
     receiver: WebhookReceiver,
     mailbox: tuple[Mailbox, int],
-    moto: MotoServer,  # noqa: F811
+    moto: MotoServer,
     mqtt_inbox: MqttInbox,
 ) -> None:
     """Webhook at the trigger, email 2 s later, SMS 2 s after that, MQTT 2 s
@@ -246,7 +207,7 @@ host = "127.0.0.1"
 port = 1883
 """,
     )
-    daemon, api = await start(config, api_port)
+    daemon, api = await start_daemon(config, api_port, TOKEN)
     try:
         target.healthy = False
         await wait_until(lambda: receiver.pages, 10, "the first page")
@@ -265,7 +226,7 @@ port = 1883
     assert opened <= receiver.arrivals[0] <= opened + ON_TIME_S
 
     assert len(box.messages) == 1
-    mail_at, mail = box.messages[0]
+    mail_at, mail = box.arrivals[0], box.messages[0]
     assert incident["id"] in mail["Subject"]
     assert opened + 2 <= mail_at <= opened + 2 + ON_TIME_S
 
@@ -301,7 +262,7 @@ async def test_ack_link_post_stops_ladder_and_get_does_not(
             for name in ("support", "lead", "owner")
         },
     )
-    daemon, api = await start(config, api_port)
+    daemon, api = await start_daemon(config, api_port, TOKEN)
     try:
         target.healthy = False
         await wait_until(lambda: receiver.pages_for("support"), 10, "step 1")
@@ -352,14 +313,14 @@ async def test_sigkill_after_step_one_keeps_the_ladder(
             for name in ("support", "lead", "owner")
         },
     )
-    daemon, api = await start(config, api_port)
+    daemon, api = await start_daemon(config, api_port, TOKEN)
     target.healthy = False
     try:
         await wait_until(lambda: receiver.pages_for("support"), 10, "step 1")
         daemon.kill()
         await api.close()
 
-        daemon, api = await start(config, api_port)
+        daemon, api = await start_daemon(config, api_port, TOKEN)
         await wait_until(lambda: receiver.pages_for("owner"), 10, "step 3")
         incident = await only_incident(api)
     finally:
@@ -394,14 +355,14 @@ async def test_downtime_across_a_deadline_fires_the_missed_step_once(
             for name in ("support", "lead", "owner")
         },
     )
-    daemon, api = await start(config, api_port)
+    daemon, api = await start_daemon(config, api_port, TOKEN)
     target.healthy = False
     try:
         await wait_until(lambda: receiver.pages_for("support"), 10, "step 1")
         daemon.kill()
         await api.close()
         await asyncio.sleep(3)  # step 2 was due 2 s after the trigger
-        daemon, api = await start(config, api_port)
+        daemon, api = await start_daemon(config, api_port, TOKEN)
         await wait_until(lambda: receiver.pages_for("owner"), 10, "step 3")
         incident = await only_incident(api)
     finally:
@@ -440,7 +401,7 @@ async def test_failing_webhook_retries_then_falls_back(
         channels='[channels.mqtt]\nhost = "127.0.0.1"\nport = 1883\n',
     )
     receiver.fail_status = 500
-    daemon, api = await start(config, api_port)
+    daemon, api = await start_daemon(config, api_port, TOKEN)
     try:
         target.healthy = False
         await wait_until(lambda: receiver.refused >= 2, 10, "failed attempts")
@@ -479,7 +440,7 @@ async def test_flapping_check_opens_one_incident(
         },
         rule='when = "critical"\nfail_window = [2, 4]',
     )
-    daemon, api = await start(config, api_port)
+    daemon, api = await start_daemon(config, api_port, TOKEN)
     try:
         target.flapping = True
         await asyncio.sleep(4)  # about twenty probes, ten of them failing

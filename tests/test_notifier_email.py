@@ -3,9 +3,7 @@ text rendering it uses."""
 
 from __future__ import annotations
 
-import email
-import email.policy
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from email.message import EmailMessage
 from typing import Any
 
@@ -20,44 +18,11 @@ from escalation.notifiers.base import DeliveryError
 from escalation.notifiers.config import EmailSettings
 from escalation.notifiers.email import EmailNotifier, message_id
 from escalation.policy import ChannelTarget
-from tests.moto_fixture import free_port
+from tests.daemon_harness import free_port
+from tests.smtp_fixture import Mailbox
 from tests.test_notifier_webhook import ACK_URL, make_page
 
 TO = ChannelTarget("email", "alice@example.com")
-
-
-class Mailbox:
-    """An aiosmtpd handler that keeps what it receives, or refuses as told."""
-
-    def __init__(self) -> None:
-        self.messages: list[EmailMessage] = []
-        self.rcpt_reply: str | None = None
-
-    async def handle_RCPT(
-        self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: Any
-    ) -> str:
-        if self.rcpt_reply is not None:
-            return self.rcpt_reply
-        envelope.rcpt_tos.append(address)
-        return "250 OK"
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        parsed = email.message_from_bytes(envelope.content, policy=email.policy.default)
-        assert isinstance(parsed, EmailMessage)
-        self.messages.append(parsed)
-        return "250 Message accepted for delivery"
-
-
-@pytest.fixture
-def mailbox() -> Iterator[tuple[Mailbox, int]]:
-    handler = Mailbox()
-    port = free_port()
-    controller = Controller(handler, hostname="127.0.0.1", port=port)
-    controller.start()
-    try:
-        yield handler, port
-    finally:
-        controller.stop()
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from escalation.notifiers.base import DeliveryError
 from escalation.notifiers.config import MqttSettings
 from escalation.notifiers.mqtt import MqttNotifier
 from escalation.policy import ChannelTarget
-from tests.moto_fixture import free_port
+from tests.daemon_harness import free_port
 from tests.test_notifier_webhook import ACK_URL, make_page
 
 BROKER = MqttSettings(

@@ -13,13 +13,11 @@ from escalation.notifiers.base import DeliveryError
 from escalation.notifiers.config import SmsSettings
 from escalation.notifiers.sms import SmsNotifier
 from escalation.policy import ChannelTarget
+from tests.daemon_harness import free_port
 from tests.moto_fixture import (
     DUMMY_ACCESS_KEY_ID,
     DUMMY_SECRET_ACCESS_KEY,
     MotoServer,
-    free_port,
-    moto,  # noqa: F401
-    moto_server,  # noqa: F401
 )
 from tests.test_notifier_webhook import ACK_URL, make_page
 
@@ -38,7 +36,7 @@ def _settings(endpoint_url: str) -> SmsSettings:
 
 
 @pytest.fixture
-async def notifier(moto: MotoServer) -> AsyncIterator[SmsNotifier]:  # noqa: F811
+async def notifier(moto: MotoServer) -> AsyncIterator[SmsNotifier]:
     notifier = SmsNotifier(_settings(moto.endpoint_url))
     yield notifier
     await notifier.close()
@@ -46,7 +44,7 @@ async def notifier(moto: MotoServer) -> AsyncIterator[SmsNotifier]:  # noqa: F81
 
 async def test_sms_send_reaches_sns_within_160_chars(
     notifier: SmsNotifier,
-    moto: MotoServer,  # noqa: F811
+    moto: MotoServer,
 ) -> None:
     """The SMS arrives at SNS, fits one segment and carries the whole ack link."""
     page = make_page(summary="Database unreachable from web-1 " * 8)
@@ -62,7 +60,7 @@ async def test_sms_send_reaches_sns_within_160_chars(
 
 async def test_sms_client_is_created_once(
     notifier: SmsNotifier,
-    moto: MotoServer,  # noqa: F811
+    moto: MotoServer,
 ) -> None:
     """The SNS client is made on the first send and reused after."""
     assert notifier._client is None
@@ -75,7 +73,7 @@ async def test_sms_client_is_created_once(
 
 async def test_sms_invalid_phone_is_not_retryable(
     notifier: SmsNotifier,
-    moto: MotoServer,  # noqa: F811
+    moto: MotoServer,
 ) -> None:
     """A number SNS refuses as a parameter will never work."""
     with pytest.raises(DeliveryError) as caught:

@@ -27,7 +27,7 @@ from escalation.notifiers.webhook import (
     validate_body_template,
 )
 from escalation.policy import ChannelTarget
-from tests.moto_fixture import free_port
+from tests.daemon_harness import free_port
 
 ACK_URL = (
     "https://sentinel.example.com/ack/AQAAAAcBZWJ4AAECAwQFBmFsaWNlMTIzNDU2Nzg5MGFi"

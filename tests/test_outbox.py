@@ -44,7 +44,7 @@ from escalation.notifiers.webhook import WebhookNotifier
 from escalation.outbox import OutboxSettings, OutboxWorker
 from escalation.policy import ChannelTarget, Contact, RateLimit
 from escalation.sqlite_store import SqliteStore
-from tests.moto_fixture import free_port
+from tests.daemon_harness import free_port
 from tests.test_notifier_webhook import Receiver, make_page, receiver_factory
 
 SETTINGS = OutboxSettings(
