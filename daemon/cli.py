@@ -27,7 +27,13 @@ from checks.base import Check, run_once
 from checks.clock import SystemClock
 from checks.result import CheckResult
 from checks.settings import ConfigError, SecretUnavailable, parse_duration
-from daemon.config import Config, admin_token, load_config
+from daemon.config import (
+    Config,
+    DaemonSettings,
+    admin_token,
+    load_config,
+    load_daemon_settings,
+)
 from daemon.logs import configure_logging
 from daemon.metrics import sentinel_version
 
@@ -569,22 +575,17 @@ def _refusal(status: int, payload: Any) -> str:
 
 
 def _api(args: argparse.Namespace) -> ApiClient:
-    # TODO: only [api] and [daemon] are needed here, but daemon.config has no
-    # loader for just those: a file whose other secrets are "${VAR}" fails in
-    # a shell where VAR is not set, and the operator must export it.
-    config = _load(args.config)
     try:
-        settings = config.settings
-        token = _admin_token(config)
-        return ApiClient(
-            _base_url(settings.api_host, settings.api_port), token, args.timeout
-        )
-    finally:
-        _close_checks_now(config.checks)
+        settings = load_daemon_settings(args.config)
+    except ConfigError as exc:
+        raise _listed(exc, args.config) from None
+    token = _admin_token(settings)
+    return ApiClient(
+        _base_url(settings.api_host, settings.api_port), token, args.timeout
+    )
 
 
-def _admin_token(config: Config) -> str:
-    settings = config.settings
+def _admin_token(settings: DaemonSettings) -> str:
     token_file = settings.state_dir / "admin.token"
     # admin_token() creates the file when it is missing; created here, by
     # whoever runs the CLI (root, say), the daemon could not read it.
@@ -595,7 +596,7 @@ def _admin_token(config: Config) -> str:
             EXIT_UNREACHABLE,
         )
     try:
-        return admin_token(config)
+        return admin_token(settings)
     except (OSError, SecretUnavailable) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise CliError(
@@ -619,9 +620,14 @@ def _load(path: Path) -> Config:
     try:
         return load_config(path)
     except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
-        raise CliError(f"{path} has problems (listed above); fix them first") from None
+        raise _listed(exc, path) from None
+
+
+def _listed(exc: ConfigError, path: Path) -> CliError:
+    """Print every problem; the error to raise says where they are."""
+    for problem in exc.problems:
+        print(problem, file=sys.stderr)
+    return CliError(f"{path} has problems (listed above); fix them first")
 
 
 # Output --------------------------------------------------------------------

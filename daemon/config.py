@@ -55,25 +55,8 @@ def load_config(path: Path, env: Mapping[str, str] | None = None) -> Config:
     """Read and validate the whole file; raises ConfigError listing every
     problem, each located by file and line where it can be."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(
-            [Problem("", f"cannot read the file: {exc.strerror}", file=str(path))]
-        ) from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError([_syntax_problem(path, exc)]) from None
-
-    problems = Problems()
-    root = Section(
-        data,
-        "",
-        problems,
-        env=os.environ if env is None else env,
-        base_dir=path.resolve().parent,
-    )
+    text, root = _read_root(path, env)
+    problems = root.problems
     settings = _read_daemon_settings(root)
     checks_table = root.section("checks")
     checks = build_checks(checks_table)
@@ -101,22 +84,62 @@ def load_config(path: Path, env: Mapping[str, str] | None = None) -> Config:
     )
 
 
-def admin_token(config: Config) -> str:
+def load_daemon_settings(
+    path: Path, env: Mapping[str, str] | None = None
+) -> DaemonSettings:
+    """Only the daemon's own sections ([daemon], [store], [api], [log]): what
+    the CLI needs to reach a running daemon. The checks' and channels'
+    secrets are not resolved, so a shell without their variables still works."""
+    path = Path(path)
+    text, root = _read_root(path, env)
+    settings = _read_daemon_settings(root)
+    located = _locate_all(root.problems.errors, path, text)
+    if located:
+        raise ConfigError(located)
+    return settings
+
+
+def admin_token(settings: DaemonSettings) -> str:
     """The configured admin token, else the one kept in the state directory
     (created on first use, readable by the owner only)."""
-    if config.settings.admin_token is not None:
-        return config.settings.admin_token.reveal()
-    token_file = config.settings.state_dir / "admin.token"
+    if settings.admin_token is not None:
+        return settings.admin_token.reveal()
+    return state_secret(settings.state_dir / "admin.token", secrets.token_urlsafe(32))
+
+
+def state_secret(path: Path, fresh: str) -> str:
+    """The secret kept in `path`; on first use `fresh` is written there,
+    readable by the owner only, so it survives restarts."""
     try:
-        return token_file.read_text(encoding="ascii").strip()
+        return path.read_text(encoding="ascii").strip()
     except FileNotFoundError:
         pass
-    config.settings.state_dir.mkdir(parents=True, exist_ok=True)
-    token = secrets.token_urlsafe(32)
-    fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w", encoding="ascii") as handle:
-        handle.write(token + "\n")
-    return token
+        handle.write(fresh + "\n")
+    return fresh
+
+
+def _read_root(path: Path, env: Mapping[str, str] | None) -> tuple[str, Section]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(
+            [Problem("", f"cannot read the file: {exc.strerror}", file=str(path))]
+        ) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([_syntax_problem(path, exc)]) from None
+    root = Section(
+        data,
+        "",
+        Problems(),
+        env=os.environ if env is None else env,
+        base_dir=path.resolve().parent,
+    )
+    return text, root
 
 
 def _read_daemon_settings(root: Section) -> DaemonSettings:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import platform
 from collections.abc import Iterable
+from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 
 import prometheus_client
@@ -34,6 +35,15 @@ def sentinel_version() -> str:
         return version("sentinel")
     except PackageNotFoundError:  # run from a source tree without install
         return "unknown"
+
+
+@dataclass(slots=True)
+class _CheckSeries:
+    last_run: Gauge
+    duration: Histogram
+    runs: dict[Status, Counter]
+    status: Gauge | None = None
+    """Created by the first result: a status of 0 before it would claim ok."""
 
 
 class DaemonMetrics:
@@ -94,27 +104,20 @@ class DaemonMetrics:
         ProcessCollector(namespace="sentinel", registry=registry)
 
         self.build_info.labels(sentinel_version(), platform.python_version()).set(1)
-        self._checks: set[str] = set()
+        self._checks: dict[str, _CheckSeries] = {}
 
     def track_checks(self, names: Iterable[str]) -> None:
         """Make the series of these checks exist (at zero) before their
         first run, so rate() and absent() work from the first scrape. The
         status gauge waits for a real result: a 0 would claim "ok"."""
         for name in names:
-            if name in self._checks:
-                continue
-            self._checks.add(name)
-            self.check_last_run.labels(name)
-            self.check_duration.labels(name)
-            self.overruns.labels(name)
-            for status in Status:
-                self.check_runs.labels(name, status.label)
+            if name not in self._checks:
+                self._series(name)
 
     def forget_check(self, name: str) -> None:
         """Drop every series of a check that a reload removed."""
-        if name not in self._checks:
+        if self._checks.pop(name, None) is None:
             return
-        self._checks.discard(name)
         for metric in (
             self.check_status,
             self.check_last_run,
@@ -126,11 +129,27 @@ class DaemonMetrics:
             _remove(self.check_runs, name, status.label)
 
     def observe_result(self, result: CheckResult) -> None:
-        self.track_checks((result.check,))
-        self.check_status.labels(result.check).set(int(result.status))
-        self.check_last_run.labels(result.check).set(result.started_at)
-        self.check_runs.labels(result.check, result.status.label).inc()
-        self.check_duration.labels(result.check).observe(result.duration_s)
+        series = self._checks.get(result.check) or self._series(result.check)
+        if series.status is None:
+            series.status = self.check_status.labels(result.check)
+        series.status.set(int(result.status))
+        series.last_run.set(result.started_at)
+        series.runs[result.status].inc()
+        series.duration.observe(result.duration_s)
+
+    def _series(self, name: str) -> _CheckSeries:
+        # Looking up labelled children costs more than the update itself, and
+        # every result updates four: keep them per check.
+        series = _CheckSeries(
+            last_run=self.check_last_run.labels(name),
+            duration=self.check_duration.labels(name),
+            runs={
+                status: self.check_runs.labels(name, status.label) for status in Status
+            },
+        )
+        self.overruns.labels(name)
+        self._checks[name] = series
+        return series
 
     def observe_lag(self, seconds: float) -> None:
         self.scheduler_lag.observe(max(seconds, 0.0))

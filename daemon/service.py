@@ -8,7 +8,6 @@ stop; the whole stop is bounded by the configured shutdown timeout.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import os
 import secrets
@@ -26,17 +25,19 @@ from checks.clock import Clock, SystemClock
 from checks.result import CheckResult
 from checks.settings import ConfigError
 from daemon.api import build_app
-from daemon.config import Config, admin_token, load_config
+from daemon.config import Config, admin_token, load_config, state_secret
 from daemon.logs import configure_logging
 from daemon.metrics import DaemonMetrics, sentinel_version
 from daemon.scheduler import Scheduler
 from daemon.sdnotify import SystemdNotifier
 from escalation.ack import AckSigner
 from escalation.engine import Engine
+from escalation.errors import StoreError
 from escalation.metrics import EscalationMetrics
 from escalation.notifiers.base import Notifier
 from escalation.notifiers.config import create_notifiers
 from escalation.outbox import OutboxWorker
+from escalation.rules import RuleTransition
 from escalation.sqlite_store import SqliteStore
 
 log = structlog.get_logger(__name__)
@@ -55,18 +56,18 @@ class Service:
         self.registry = CollectorRegistry()
         self.metrics = DaemonMetrics(self.registry)
         self.escalation_metrics = EscalationMetrics(self.registry)
-        self.admin_token = admin_token(config)
+        self.admin_token = admin_token(config.settings)
         self.signer = AckSigner(self._ack_key())
         self.store = SqliteStore(config.settings.sqlite_path)
         self.systemd = SystemdNotifier()
-        self._results: asyncio.Queue[CheckResult] = asyncio.Queue()
+        self._transitions: asyncio.Queue[list[RuleTransition]] = asyncio.Queue()
         self._reload_requested = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._notifiers: Mapping[str, Notifier] = {}
         self._runner: web.AppRunner | None = None
         self.scheduler = Scheduler(
             self.clock,
-            self._results.put_nowait,
+            self._evaluate,
             max_concurrent=config.settings.max_concurrent_checks,
             jitter_fraction=config.settings.jitter_fraction,
             metrics=self.metrics,
@@ -197,14 +198,29 @@ class Service:
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         self._tasks.append(asyncio.create_task(coro, name=name))
 
+    def _evaluate(self, result: CheckResult) -> None:
+        """Called by the scheduler with every result. The rules judge it on
+        the spot; only what changes something waits for the engine, so a
+        busy engine never holds up a probe."""
+        try:
+            transitions = self.engine.evaluate(result)
+        except Exception:
+            # A bug in one evaluation must not stop the check's loop.
+            log.exception("rule_evaluation_failed", check=result.check)
+            return
+        if transitions:
+            self._transitions.put_nowait(transitions)
+
     async def _feed_engine(self) -> None:
         while True:
-            result = await self._results.get()
+            transitions = await self._transitions.get()
             try:
-                await self.engine.observe(result)
+                await self.engine.apply_transitions(transitions)
             except Exception:
-                # A bug in one evaluation must not stop every later one.
-                log.exception("engine_observe_failed", check=result.check)
+                # A bug in one transition must not stop every later one.
+                log.exception(
+                    "transitions_failed", rules=[t.rule.name for t in transitions]
+                )
 
     async def _reload_loop(self) -> None:
         while True:
@@ -225,16 +241,9 @@ class Service:
         secret = self.config.escalation.ack_secret
         if secret is not None:
             return secret.reveal().encode("utf-8")
-        key_file = self.config.settings.state_dir / "ack.key"
-        with contextlib.suppress(FileNotFoundError):
-            return bytes.fromhex(key_file.read_text(encoding="ascii").strip())
         # Kept across restarts, so links already sent stay valid.
-        self.config.settings.state_dir.mkdir(parents=True, exist_ok=True)
-        key = secrets.token_bytes(32)
-        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w", encoding="ascii") as handle:
-            handle.write(key.hex() + "\n")
-        return key
+        key_file = self.config.settings.state_dir / "ack.key"
+        return bytes.fromhex(state_secret(key_file, secrets.token_hex(32)))
 
 
 async def _close_quietly(closing: Coroutine[Any, Any, None], what: str) -> None:
@@ -279,13 +288,20 @@ async def run_daemon(config_path: Path) -> int:
 
     loop = asyncio.get_running_loop()
     stop_requested = asyncio.Event()
-    service = Service(config_path, config)
+    try:
+        service = Service(config_path, config)
+    except OSError as exc:
+        # The state directory holds the admin token and the ack key.
+        log.error(
+            "startup_failed", error=str(exc), state_dir=str(config.settings.state_dir)
+        )
+        return 1
     loop.add_signal_handler(signal.SIGTERM, stop_requested.set)
     loop.add_signal_handler(signal.SIGINT, stop_requested.set)
     loop.add_signal_handler(signal.SIGHUP, service.request_reload)
     try:
         await service.start()
-    except OSError as exc:
+    except (OSError, StoreError) as exc:
         log.error("startup_failed", error=str(exc))
         await service.stop()
         return 1

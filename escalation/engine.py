@@ -220,11 +220,21 @@ class Engine:
     # Inputs ------------------------------------------------------------------
 
     async def observe(self, result: CheckResult) -> None:
-        """Feed one check result to the rules and apply what it changes.
+        """Feed one check result to the rules and apply what it changes."""
+        await self.apply_transitions(self.evaluate(result))
+
+    def evaluate(self, result: CheckResult) -> list[RuleTransition]:
+        """What one result changes in the rules, not yet applied. Cheap and
+        synchronous: most results change nothing, and a caller can skip the
+        asynchronous step for those. Pass the transitions, in order, to
+        apply_transitions()."""
+        return self._evaluator.observe(result)
+
+    async def apply_transitions(self, transitions: list[RuleTransition]) -> None:
+        """Apply transitions from evaluate(), in order.
 
         A transition that cannot be recorded (the store failed) is kept and
         retried by tick(), never dropped: the rule will not fire again."""
-        transitions = self._evaluator.observe(result)
         if self._unapplied:
             self._unapplied.extend(transitions)
             return

@@ -214,6 +214,23 @@ async def test_cli_daemon_not_running(tmp_path: Path) -> None:
         )
 
 
+async def test_cli_api_verbs_need_only_the_daemon_sections(tmp_path: Path) -> None:
+    """An operator's shell without a channel's secret variable still reaches
+    the daemon: the API verbs read only [daemon] and [api]."""
+    port = free_port()
+    path = _config(tmp_path, port)
+    # CONFIG ends inside [channels.webhook]: give that channel the secret.
+    assert path.read_text().rstrip().endswith("[channels.webhook]")
+    path.write_text(path.read_text() + 'secret = "${SENTINEL_TEST_VARIABLE_NOT_SET}"\n')
+    whole = await sentinel("check-config", "--config", str(path))
+    assert whole.code == 1
+    assert "SENTINEL_TEST_VARIABLE_NOT_SET is not set" in whole.err
+
+    done = await sentinel("status", "--config", str(path))
+    assert done.code == 2
+    assert "cannot reach the Sentinel API" in done.err
+
+
 @dataclass
 class Live:
     config: Path
