@@ -31,7 +31,7 @@ from daemon.metrics import DaemonMetrics, sentinel_version
 from daemon.scheduler import Scheduler
 from daemon.sdnotify import SystemdNotifier
 from escalation.ack import AckSigner
-from escalation.engine import Engine
+from escalation.engine import Engine, validate_config
 from escalation.errors import StoreError
 from escalation.metrics import EscalationMetrics
 from escalation.notifiers.base import Notifier
@@ -160,15 +160,13 @@ class Service:
         self.systemd.reloading()
         try:
             new = await asyncio.to_thread(load_config, self.config_path)
+            # The engine's own checks too, before anything is applied: a
+            # reload lands whole or not at all.
+            validate_config(new.escalation)
         except ConfigError as exc:
-            self.systemd.ready()
-            log.error(
-                "config_reload_failed",
-                file=str(self.config_path),
-                problems=[str(p) for p in exc.problems if not p.warning],
-            )
-            self.metrics.reloaded(False, self.clock.wall())
-            return False
+            return self._refuse_reload([str(p) for p in exc.problems if not p.warning])
+        except ValueError as exc:
+            return self._refuse_reload([str(exc)])
         for warning in new.warnings:
             log.warning("config_warning", problem=str(warning))
         self.metrics.track_checks(new.checks)
@@ -192,6 +190,12 @@ class Service:
         self.systemd.ready()
         log.info("config_reloaded", added=added, changed=changed, removed=removed)
         return True
+
+    def _refuse_reload(self, problems: list[str]) -> bool:
+        self.systemd.ready()
+        log.error("config_reload_failed", file=str(self.config_path), problems=problems)
+        self.metrics.reloaded(False, self.clock.wall())
+        return False
 
     # Tasks ---------------------------------------------------------------------
 
@@ -226,7 +230,12 @@ class Service:
         while True:
             await self._reload_requested.wait()
             self._reload_requested.clear()
-            await self.reload()
+            try:
+                await self.reload()
+            except Exception:
+                # A bug in applying one reload must not end reloading.
+                log.exception("config_reload_crashed", file=str(self.config_path))
+                self.metrics.reloaded(False, self.clock.wall())
 
     async def _watchdog_loop(self, interval_s: float) -> None:
         while True:

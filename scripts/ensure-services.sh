@@ -26,7 +26,7 @@ apt_install() {
 if ! port_open 3306; then
     [ -x /usr/sbin/mariadbd ] || apt_install mariadb-server
     mkdir -p /run/mysqld && chown mysql:mysql /run/mysqld 2>/dev/null
-    start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd -- --user=root
+    start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd
     wait_port 3306 MariaDB || exit 1
     mariadb -uroot -e "CREATE DATABASE IF NOT EXISTS test" 2>/dev/null || true
 fi
