@@ -182,8 +182,15 @@ _INSERT_PAGE = (
 class SqliteStore(Store):
     """`Store` on one SQLite file; `open()` creates or migrates it."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        migrations: tuple[tuple[str, ...], ...] = MIGRATIONS,
+    ) -> None:
         self.path = Path(path)
+        self._migrations = migrations
+        """Statements per schema version; the schema's version is how many."""
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
         """Created, used and closed on the executor's thread only."""
@@ -235,6 +242,7 @@ class SqliteStore(Store):
         self._conn = conn
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
+        latest = len(self._migrations)
         with _transaction(conn):
             conn.execute(
                 "CREATE TABLE IF NOT EXISTS schema_version ("
@@ -242,26 +250,26 @@ class SqliteStore(Store):
             )
             row = conn.execute("SELECT version FROM schema_version").fetchone()
             found = 0 if row is None else int(row[0])
-            if found > SCHEMA_VERSION:
+            if found > latest:
                 raise StoreError(
                     f"{self.path} has schema version {found}, newer than the "
-                    f"{SCHEMA_VERSION} this Sentinel understands: run a newer "
+                    f"{latest} this Sentinel understands: run a newer "
                     "Sentinel, or point the store at another file"
                 )
-            for version in range(found, SCHEMA_VERSION):
-                for statement in MIGRATIONS[version]:
+            for version in range(found, latest):
+                for statement in self._migrations[version]:
                     conn.execute(statement)
             conn.execute(
                 "INSERT INTO schema_version (id, version) VALUES (1, ?) "
                 "ON CONFLICT (id) DO UPDATE SET version = excluded.version",
-                (SCHEMA_VERSION,),
+                (latest,),
             )
-        if found < SCHEMA_VERSION:
+        if found < latest:
             log.info(
                 "store_migrated",
                 path=str(self.path),
                 from_version=found,
-                to_version=SCHEMA_VERSION,
+                to_version=latest,
             )
 
     def _close_sync(self) -> None:

@@ -110,9 +110,7 @@ async def test_open_creates_schema_at_current_version(tmp_path: Path) -> None:
         conn.close()
 
 
-async def test_open_applies_later_migrations_in_order(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_open_applies_later_migrations_in_order(tmp_path: Path) -> None:
     """A file at version 1 is brought to version 2 and keeps its data."""
     path = tmp_path / "old.db"
     store = SqliteStore(path)
@@ -121,11 +119,7 @@ async def test_open_applies_later_migrations_in_order(
     await store.close()
 
     migration = ("CREATE TABLE extra (id INTEGER PRIMARY KEY)",)
-    monkeypatch.setattr(
-        sqlite_store, "MIGRATIONS", (*sqlite_store.MIGRATIONS, migration)
-    )
-    monkeypatch.setattr(sqlite_store, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
-    store = SqliteStore(path)
+    store = SqliteStore(path, migrations=(*sqlite_store.MIGRATIONS, migration))
     await store.open()
     try:
         assert await store.get_incident(created.id) == created
