@@ -167,6 +167,38 @@ async def only_incident(api: Api) -> dict[str, Any]:
     return detail
 
 
+def webhook_contacts(receiver: WebhookReceiver, *names: str) -> dict[str, str]:
+    """Contacts each paged by webhook at their own path on `receiver`."""
+    return {
+        name: f'[{{ type = "webhook", to = "{receiver.url(name)}" }}]' for name in names
+    }
+
+
+async def kill_after_step_one(
+    config: Path,
+    api_port: int,
+    target: Target,
+    receiver: WebhookReceiver,
+    *,
+    down_for_s: float,
+) -> dict[str, Any]:
+    """Trigger, SIGKILL the daemon once step 1 has paged, stay down a while,
+    restart, and wait for the last step (owner); returns the incident."""
+    daemon, api = await start_daemon(config, api_port, TOKEN)
+    target.healthy = False
+    try:
+        await wait_until(lambda: receiver.pages_for("support"), 10, "step 1")
+        daemon.kill()
+        await api.close()
+        await asyncio.sleep(down_for_s)
+        daemon, api = await start_daemon(config, api_port, TOKEN)
+        await wait_until(lambda: receiver.pages_for("owner"), 10, "step 3")
+        return await only_incident(api)
+    finally:
+        await api.close()
+        assert daemon.stop() == 0
+
+
 async def test_full_ladder_pages_each_step_on_time_through_every_channel(
     tmp_path: Path,
     api_port: int,
@@ -257,10 +289,7 @@ async def test_ack_link_post_stops_ladder_and_get_does_not(
         api_port=api_port,
         target=target,
         steps=[("0s", "support"), ("2s", "lead"), ("2s", "owner")],
-        contacts={
-            name: f'[{{ type = "webhook", to = "{receiver.url(name)}" }}]'
-            for name in ("support", "lead", "owner")
-        },
+        contacts=webhook_contacts(receiver, "support", "lead", "owner"),
     )
     daemon, api = await start_daemon(config, api_port, TOKEN)
     try:
@@ -308,24 +337,11 @@ async def test_sigkill_after_step_one_keeps_the_ladder(
         api_port=api_port,
         target=target,
         steps=[("0s", "support"), ("3s", "lead"), ("3s", "owner")],
-        contacts={
-            name: f'[{{ type = "webhook", to = "{receiver.url(name)}" }}]'
-            for name in ("support", "lead", "owner")
-        },
+        contacts=webhook_contacts(receiver, "support", "lead", "owner"),
     )
-    daemon, api = await start_daemon(config, api_port, TOKEN)
-    target.healthy = False
-    try:
-        await wait_until(lambda: receiver.pages_for("support"), 10, "step 1")
-        daemon.kill()
-        await api.close()
-
-        daemon, api = await start_daemon(config, api_port, TOKEN)
-        await wait_until(lambda: receiver.pages_for("owner"), 10, "step 3")
-        incident = await only_incident(api)
-    finally:
-        await api.close()
-        assert daemon.stop() == 0
+    incident = await kill_after_step_one(
+        config, api_port, target, receiver, down_for_s=0
+    )
 
     opened = incident["opened_at"]
     support = receiver.pages_for("support")
@@ -350,24 +366,12 @@ async def test_downtime_across_a_deadline_fires_the_missed_step_once(
         api_port=api_port,
         target=target,
         steps=[("0s", "support"), ("2s", "lead"), ("4s", "owner")],
-        contacts={
-            name: f'[{{ type = "webhook", to = "{receiver.url(name)}" }}]'
-            for name in ("support", "lead", "owner")
-        },
+        contacts=webhook_contacts(receiver, "support", "lead", "owner"),
     )
-    daemon, api = await start_daemon(config, api_port, TOKEN)
-    target.healthy = False
-    try:
-        await wait_until(lambda: receiver.pages_for("support"), 10, "step 1")
-        daemon.kill()
-        await api.close()
-        await asyncio.sleep(3)  # step 2 was due 2 s after the trigger
-        daemon, api = await start_daemon(config, api_port, TOKEN)
-        await wait_until(lambda: receiver.pages_for("owner"), 10, "step 3")
-        incident = await only_incident(api)
-    finally:
-        await api.close()
-        assert daemon.stop() == 0
+    # Step 2 is due 2 s after the trigger: stay down past it.
+    incident = await kill_after_step_one(
+        config, api_port, target, receiver, down_for_s=3
+    )
 
     opened = incident["opened_at"]
     assert len(receiver.pages_for("lead")) == 1
@@ -435,9 +439,7 @@ async def test_flapping_check_opens_one_incident(
         api_port=api_port,
         target=target,
         steps=[("0s", "support")],
-        contacts={
-            "support": f'[{{ type = "webhook", to = "{receiver.url("support")}" }}]'
-        },
+        contacts=webhook_contacts(receiver, "support"),
         rule='when = "critical"\nfail_window = [2, 4]',
     )
     daemon, api = await start_daemon(config, api_port, TOKEN)
