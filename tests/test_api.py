@@ -10,15 +10,13 @@ import contextlib
 import hashlib
 import io
 import json
-import logging
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
@@ -27,7 +25,6 @@ from checks.clock import FakeClock
 from checks.result import CheckResult, Status
 from daemon.api import MAX_BODY_BYTES, build_app
 from daemon.config import load_config
-from daemon.logs import configure_logging
 from escalation.ack import AckSigner
 from escalation.engine import Engine
 from escalation.metrics import EscalationMetrics
@@ -185,20 +182,6 @@ async def api(tmp_path: Path, clock: FakeClock) -> AsyncIterator[Api]:
             yield Api(client, backend, app)
         finally:
             await client.close()
-
-
-@pytest.fixture
-def log_output() -> Iterator[io.StringIO]:
-    out = io.StringIO()
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    configure_logging("json", "info", out)
-    yield out
-    for handler in list(root.handlers):
-        if handler not in handlers:
-            root.removeHandler(handler)
-    root.setLevel(level)
-    structlog.reset_defaults()
 
 
 async def _error(response: Any, status: int) -> dict[str, Any]:

@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import structlog
 
-from daemon.logs import configure_logging
 from daemon.sdnotify import SystemdNotifier
 
 
@@ -118,20 +115,6 @@ def test_sdnotify_without_socket_does_nothing() -> None:
     notifier.watchdog()
     notifier.stopping()
     notifier.close()
-
-
-@pytest.fixture
-def log_output() -> Iterator[io.StringIO]:
-    out = io.StringIO()
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    configure_logging("json", "info", out)
-    yield out
-    for handler in list(root.handlers):
-        if handler not in handlers:
-            root.removeHandler(handler)
-    root.setLevel(level)
-    structlog.reset_defaults()
 
 
 def test_sdnotify_send_failure_never_raises_and_logs_once(
