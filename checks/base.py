@@ -105,15 +105,51 @@ def threshold_status(
     return Status.OK
 
 
-def read_thresholds(section: Section, name: str) -> tuple[Any, Any]:
-    """``<name>_warning`` and ``<name>_critical`` numbers; warning must be lower."""
-    warning = section.float(f"{name}_warning", None)
-    critical = section.float(f"{name}_critical", None)
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """A warning and a critical limit where higher is worse; either may be
+    unset, and then never applies."""
+
+    warning: float | None
+    critical: float | None
+
+    def status(self, value: float) -> Status:
+        return threshold_status(value, self.warning, self.critical)
+
+    def reached(self, status: Status) -> float:
+        """The limit behind a warning or critical `status`."""
+        limit = self.critical if status is Status.CRITICAL else self.warning
+        assert limit is not None  # a status above OK came from a set limit
+        return limit
+
+
+def read_limits(
+    section: Section,
+    name: str,
+    defaults: tuple[float | None, float | None] = (None, None),
+    *,
+    kind: str = "number",
+    maximum: float | None = None,
+) -> Limits:
+    """``<name>_warning`` and ``<name>_critical``, each with its default,
+    checked together. `kind` is "number", "count" (whole numbers) or
+    "duration" (strings such as "5m", read as seconds)."""
+    values: list[float | None] = []
+    for level, default in zip(("warning", "critical"), defaults, strict=True):
+        key = f"{name}_{level}"
+        if kind == "duration":
+            value = section.duration(key, default, min_s=0.0)
+        elif kind == "count":
+            value = section.int(key, None if default is None else int(default), min=0)
+        else:
+            value = section.float(key, default, min=0.0, max=maximum)
+        values.append(float(value) if isinstance(value, int | float) else default)
+    warning, critical = values
     if warning is not None and critical is not None and warning > critical:
         section.error(
             f"{name}_warning", f"{warning:g} is above {name}_critical ({critical:g})"
         )
-    return warning, critical
+    return Limits(warning, critical)
 
 
 def freeze(value: Any) -> Any:

@@ -19,7 +19,7 @@ from typing import Any, Self
 
 import structlog
 
-from checks.base import Check, CheckSpec, ProbeSetupError, threshold_status
+from checks.base import Check, CheckSpec, Limits, ProbeSetupError, read_limits
 from checks.result import Outcome, Status
 from checks.settings import Secret, SecretUnavailable, Section, format_duration
 
@@ -402,41 +402,6 @@ def _quiet_cursor_class() -> type[Any]:
 
 
 @dataclass(frozen=True, slots=True)
-class _Limits:
-    warning: float
-    critical: float
-
-    def status(self, value: float) -> Status:
-        return threshold_status(value, self.warning, self.critical)
-
-
-def _read_limits(
-    section: Section,
-    name: str,
-    defaults: tuple[float, float],
-    *,
-    whole: bool,
-    maximum: float | None = None,
-) -> _Limits:
-    """``<name>_warning`` and ``<name>_critical``, defaulted separately and
-    checked together."""
-    values = []
-    for level, default in zip(("warning", "critical"), defaults, strict=True):
-        key = f"{name}_{level}"
-        if whole:
-            value = section.int(key, int(default), min=0)
-        else:
-            value = section.float(key, float(default), min=0.0, max=maximum)
-        values.append(float(value) if isinstance(value, int | float) else default)
-    warning, critical = values
-    if warning > critical:
-        section.error(
-            f"{name}_warning", f"{warning:g} is above {name}_critical ({critical:g})"
-        )
-    return _Limits(warning, critical)
-
-
-@dataclass(frozen=True, slots=True)
 class _TableReport:
     """The outcome of the last CHECK TABLE run, reported until the next one."""
 
@@ -483,8 +448,8 @@ class MysqlCheck(Check):
         settings: MysqlSettings,
         *,
         long_query_threshold_s: float,
-        long_queries: _Limits,
-        connections_percent: _Limits,
+        long_queries: Limits,
+        connections_percent: Limits,
         check_tables: tuple[TableName, ...],
         check_tables_interval_s: float,
     ) -> None:
@@ -521,9 +486,9 @@ class MysqlCheck(Check):
             long_query_threshold_s=section.duration(
                 "long_query_threshold", 300.0, min_s=1.0
             ),
-            long_queries=_read_limits(section, "long_queries", (1, 5), whole=True),
-            connections_percent=_read_limits(
-                section, "connections", (80, 95), whole=False, maximum=100.0
+            long_queries=read_limits(section, "long_queries", (1, 5), kind="count"),
+            connections_percent=read_limits(
+                section, "connections", (80, 95), maximum=100.0
             ),
             check_tables=_read_check_tables(section, settings.database),
             check_tables_interval_s=section.duration(

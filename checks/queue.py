@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Self
 from urllib.parse import urlsplit
 
-from checks.base import Check, CheckSpec, ProbeSetupError, threshold_status
+from checks.base import Check, CheckSpec, Limits, ProbeSetupError, read_limits
 from checks.clock import Clock, SystemClock
 from checks.mysql import MysqlSession, MysqlSettings, MysqlUnavailable, TableName
 from checks.result import Outcome, Status
@@ -39,53 +39,13 @@ _SEVERITY = {Status.OK: 0, Status.UNKNOWN: 1, Status.WARNING: 2, Status.CRITICAL
 
 
 @dataclass(frozen=True, slots=True)
-class _Limits:
-    warning: float | None
-    critical: float | None
-
-    def status(self, value: float) -> Status:
-        return threshold_status(value, self.warning, self.critical)
-
-    def reached(self, status: Status) -> float:
-        """The limit behind a warning or critical `status`."""
-        limit = self.critical if status is Status.CRITICAL else self.warning
-        assert limit is not None  # a status above OK came from a set limit
-        return limit
-
-
-def _read_limits(
-    section: Section,
-    name: str,
-    defaults: tuple[float | None, float | None],
-    *,
-    duration: bool = False,
-) -> _Limits:
-    """``<name>_warning`` and ``<name>_critical`` (counts, or durations in
-    seconds), defaulted separately and checked together."""
-    values: list[float | None] = []
-    for level, default in zip(("warning", "critical"), defaults, strict=True):
-        key = f"{name}_{level}"
-        if duration:
-            value = section.duration(key, default, min_s=0.0)
-        else:
-            value = section.int(key, None if default is None else int(default), min=0)
-        values.append(float(value) if isinstance(value, int | float) else default)
-    warning, critical = values
-    if warning is not None and critical is not None and warning > critical:
-        section.error(
-            f"{name}_warning", f"{warning:g} is above {name}_critical ({critical:g})"
-        )
-    return _Limits(warning, critical)
-
-
-@dataclass(frozen=True, slots=True)
 class QueueLimits:
     """Thresholds applied to each queue on its own."""
 
-    pending: _Limits
-    delayed: _Limits
-    reserved: _Limits
-    oldest_age_s: _Limits
+    pending: Limits
+    delayed: Limits
+    reserved: Limits
+    oldest_age_s: Limits
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,8 +54,8 @@ class FailedJobsSettings:
 
     mysql: MysqlSettings
     table: TableName
-    total: _Limits
-    growth: _Limits
+    total: Limits
+    growth: Limits
     """New failures since the previous probe."""
 
     @classmethod
@@ -118,8 +78,8 @@ class FailedJobsSettings:
         return cls(
             mysql=mysql,
             table=table,
-            total=_read_limits(section, "failed", (None, None)),
-            growth=_read_limits(section, "failed_growth", (1, 10)),
+            total=read_limits(section, "failed", kind="count"),
+            growth=read_limits(section, "failed_growth", (1, 10), kind="count"),
         )
 
 
@@ -246,10 +206,12 @@ class QueueCheck(Check):
             if len(set(queues)) != len(queues):
                 section.error("queues", "lists a queue twice")
         limits = QueueLimits(
-            pending=_read_limits(section, "pending", (100, 1000)),
-            delayed=_read_limits(section, "delayed", (None, None)),
-            reserved=_read_limits(section, "reserved", (None, None)),
-            oldest_age_s=_read_limits(section, "oldest_age", (300, 900), duration=True),
+            pending=read_limits(section, "pending", (100, 1000), kind="count"),
+            delayed=read_limits(section, "delayed", kind="count"),
+            reserved=read_limits(section, "reserved", kind="count"),
+            oldest_age_s=read_limits(
+                section, "oldest_age", (300, 900), kind="duration"
+            ),
         )
         connect_timeout_s = section.duration("connect_timeout", 2.0, min_s=0.01)
         failed_jobs = None

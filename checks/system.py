@@ -10,7 +10,7 @@ from typing import Any, Self
 
 import psutil  # type: ignore[import-untyped]
 
-from checks.base import Check, CheckSpec, threshold_status
+from checks.base import Check, CheckSpec, Limits, read_limits
 from checks.result import Outcome, Status
 from checks.settings import Section
 
@@ -33,7 +33,7 @@ _THRESHOLDS: dict[str, tuple[float, float, float | None, str]] = {
 class SystemSettings:
     mounts: tuple[str, ...] | None
     """None: every real local filesystem, looked up at each probe."""
-    thresholds: dict[str, tuple[float, float]]
+    thresholds: dict[str, Limits]
 
     @classmethod
     def read(cls, section: Section) -> SystemSettings:
@@ -44,20 +44,10 @@ class SystemSettings:
             for mount in mounts:
                 if not mount.startswith("/"):
                     section.error("mounts", f'"{mount}" is not an absolute path')
-        thresholds = {}
-        for name, (default_warning, default_critical, upper, _) in _THRESHOLDS.items():
-            warning = section.float(
-                f"{name}_warning", default_warning, min=0, max=upper
-            )
-            critical = section.float(
-                f"{name}_critical", default_critical, min=0, max=upper
-            )
-            if warning > critical:
-                section.error(
-                    f"{name}_warning",
-                    f"{warning:g} is above {name}_critical ({critical:g})",
-                )
-            thresholds[name] = (warning, critical)
+        thresholds = {
+            name: read_limits(section, name, (warning, critical), maximum=upper)
+            for name, (warning, critical, upper, _) in _THRESHOLDS.items()
+        }
         return cls(
             mounts=tuple(dict.fromkeys(mounts)) if isinstance(mounts, list) else None,
             thresholds=thresholds,
@@ -166,11 +156,11 @@ class SystemCheck(Check):
         status = Status.UNKNOWN if missing else Status.OK
         problems: list[tuple[Status, str]] = []
         for name, label, value in readings:
-            warning, critical = self.settings.thresholds[name]
-            level = threshold_status(value, warning, critical)
+            limits = self.settings.thresholds[name]
+            level = limits.status(value)
             if level is not Status.OK:
                 status = status.worst(level)
-                limit = critical if level is Status.CRITICAL else warning
+                limit = limits.reached(level)
                 unit = _THRESHOLDS[name][3]
                 problems.append(
                     (
